@@ -1,0 +1,1 @@
+"""Fleetboot: boots, configures and wires fleets of machines."""

@@ -1,0 +1,44 @@
+"""Parsing and normalising the addresses users type: MACs and IPv4."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+from fleetboot.errors import FleetbootError
+
+_HEX = re.compile(r"^[0-9a-f]{12}$")
+
+
+class AddressError(FleetbootError, ValueError):
+    pass
+
+
+def normalize_mac(text: str) -> str:
+    """Accept ``AA:BB:..``, ``aa-bb-..``, ``aabb.ccdd.eeff`` or bare hex; return ``aa:bb:..``."""
+    digits = re.sub(r"[:\-.\s]", "", text.strip().lower())
+    if not _HEX.match(digits):
+        raise AddressError(f"{text!r} is not a MAC address; write it like 52:54:00:12:34:56")
+    return ":".join(digits[i : i + 2] for i in range(0, 12, 2))
+
+
+def mac_to_bytes(mac: str) -> bytes:
+    return bytes.fromhex(normalize_mac(mac).replace(":", ""))
+
+
+def bytes_to_mac(raw: bytes) -> str:
+    return ":".join(f"{b:02x}" for b in raw[:6])
+
+
+def parse_ipv4(text: str) -> ipaddress.IPv4Address:
+    try:
+        return ipaddress.IPv4Address(text.strip())
+    except ValueError:
+        raise AddressError(f"{text!r} is not an IPv4 address; write it like 10.0.0.5") from None
+
+
+def parse_network(text: str) -> ipaddress.IPv4Network:
+    try:
+        return ipaddress.IPv4Network(text.strip(), strict=True)
+    except ValueError as exc:
+        raise AddressError(f"{text!r} is not an IPv4 network ({exc}); write it like 10.0.0.0/24") from None

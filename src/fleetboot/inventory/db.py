@@ -1,0 +1,79 @@
+"""Database engine and session handling shared by every concern.
+
+Every model module declares its tables on :class:`Base`; the schema is owned by
+Alembic (``fleetboot/inventory/migrations``). SQLite is the embedded default,
+PostgreSQL the tested alternative.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import Engine, MetaData, create_engine, event
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+def make_engine(url: str) -> Engine:
+    """Create an engine; SQLite gets WAL and foreign keys so it behaves like a server."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def import_all_models() -> None:
+    """Import every model module so ``Base.metadata`` knows all tables."""
+    from fleetboot import model_registry
+
+    model_registry.load()
+
+
+def create_schema(engine: Engine) -> None:
+    """Bring the schema to the newest Alembic revision."""
+    from fleetboot.inventory.migrate import upgrade
+
+    upgrade(engine)
+
+
+class Database:
+    """One engine plus a session factory; the unit the rest of the code passes around."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A transaction: committed on success, rolled back on any error."""
+        with self._sessions() as session, session.begin():
+            yield session
+
+    def create_schema(self) -> None:
+        create_schema(self.engine)
+
+    def dispose(self) -> None:
+        self.engine.dispose()

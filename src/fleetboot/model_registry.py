@@ -1,0 +1,12 @@
+"""The one list of modules that declare tables, for Alembic and ``create_schema``."""
+
+from importlib import import_module
+
+MODEL_MODULES = (
+    "fleetboot.inventory.models",
+)
+
+
+def load() -> None:
+    for name in MODEL_MODULES:
+        import_module(name)
