@@ -5,7 +5,7 @@
 set -euo pipefail
 PKGS=(
   iproute2 iputils-ping procps psmisc kmod cpio
-  qemu-system-x86 qemu-utils ipxe-qemu ovmf
+  qemu-system-x86 qemu-utils ipxe-qemu ipxe ovmf
   isc-dhcp-client busybox-static udhcpc
   kea-admin kea-dhcp4-server dnsmasq-base tftpd-hpa tftp-hpa atftp curl
   wrk nginx-light

@@ -41,4 +41,6 @@ def parse_network(text: str) -> ipaddress.IPv4Network:
     try:
         return ipaddress.IPv4Network(text.strip(), strict=True)
     except ValueError as exc:
-        raise AddressError(f"{text!r} is not an IPv4 network ({exc}); write it like 10.0.0.0/24") from None
+        raise AddressError(
+            f"{text!r} is not an IPv4 network ({exc}); write it like 10.0.0.0/24"
+        ) from None

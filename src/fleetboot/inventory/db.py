@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from sqlalchemy import Engine, MetaData, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -32,7 +33,7 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
         @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
@@ -65,6 +66,9 @@ class Database:
         self.url = url
         self.engine = make_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        from fleetboot.inventory.changes import bump_on_flush
+
+        event.listen(self._sessions, "before_flush", bump_on_flush)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -74,6 +78,13 @@ class Database:
 
     def create_schema(self) -> None:
         create_schema(self.engine)
+
+    def revision(self) -> int:
+        """The inventory's change counter (cheap; servers poll it)."""
+        from fleetboot.inventory.changes import current_revision
+
+        with self.session() as session:
+            return current_revision(session)
 
     def dispose(self) -> None:
         self.engine.dispose()

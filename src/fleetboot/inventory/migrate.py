@@ -31,6 +31,12 @@ def upgrade(engine: Engine) -> None:
     command.upgrade(alembic_config(engine), "heads")
 
 
-def revision(engine: Engine, message: str, head: str = "base_inventory@head") -> None:
-    """Autogenerate a revision (developer tool): ``fleetboot db revision -m ...``."""
-    command.revision(alembic_config(engine), message=message, autogenerate=True, head=head)
+def revision(engine: Engine, message: str, rev_id: str, down_revision: str) -> None:
+    """Autogenerate a revision on top of ``down_revision`` (a developer tool).
+
+    ``engine`` must point at a database already upgraded to ``down_revision``.
+    """
+    command.revision(
+        alembic_config(engine), message=message, autogenerate=True, rev_id=rev_id,
+        head=down_revision,
+    )

@@ -186,3 +186,17 @@ class Lease(Base):
     subnet_id: Mapped[int | None] = mapped_column(ForeignKey("subnets.id", ondelete="SET NULL"))
     starts: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     expires: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class InventoryRevision(Base):
+    """A single-row counter bumped by every inventory change (see ``inventory.changes``).
+
+    Running servers poll it (one indexed read a second) and rebuild their
+    in-memory views when it moves, so the CLI can write the database directly
+    and a running server still notices.
+    """
+
+    __tablename__ = "inventory_revision"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    value: Mapped[int] = mapped_column(Integer, default=0)

@@ -47,7 +47,7 @@ class Namespace:
         return run(self.exec_argv(argv), check=check)
 
     def popen(self, argv: Sequence[str], **kwargs: object) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(self.exec_argv(argv), **kwargs)  # type: ignore[call-overload, no-any-return]
+        return subprocess.Popen(self.exec_argv(argv), **kwargs)  # type: ignore[call-overload]
 
     def delete(self) -> None:
         # Kill anything still running inside so the namespace really goes away.

@@ -1,0 +1,1 @@
+"""Boot decisions and the boot files they lead to."""

@@ -1,0 +1,1 @@
+"""The ``fleetboot`` command line: Typer for parsing, Rich for output."""

@@ -1,0 +1,258 @@
+"""``fleetboot node|subnet|profile|inventory``: the inventory from the command line."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from fleetboot.cli.common import console, friendly_errors, state, table
+from fleetboot.inventory import service, yamlio
+from fleetboot.inventory.models import BootAction, Node
+
+node_app = typer.Typer(help="Nodes, their interfaces and what they boot.", no_args_is_help=True)
+subnet_app = typer.Typer(help="Subnets, address pools and static reservations.",
+                         no_args_is_help=True)
+profile_app = typer.Typer(help="Boot profiles: kernel+initrd+cmdline, or an iPXE script.",
+                          no_args_is_help=True)
+inventory_app = typer.Typer(help="Import and export the whole inventory as YAML.",
+                            no_args_is_help=True)
+
+
+def _boot_summary(node: Node) -> str:
+    parts = []
+    for level in service.LEVELS:
+        action = getattr(node, f"{level}_action")
+        if action is not None:
+            prof = getattr(node, f"{level}_profile")
+            parts.append(f"{level}={prof.name if prof else action.value}")
+    return " ".join(parts)
+
+
+@node_app.command("add")
+@friendly_errors
+def node_add(
+    ctx: typer.Context,
+    name: str,
+    nic: list[str] = typer.Option(..., "--nic", help="MAC[,name=IF][,boot]; repeat per NIC"),
+    arch: str = typer.Option("x86_64", help="CPU architecture"),
+) -> None:
+    """Register a node. The NIC flagged `boot` (or the first) is its only PXE interface."""
+    with state(ctx).db.session() as s:
+        node = service.add_node(s, name, [service.parse_nic(n) for n in nic], arch=arch)
+        console.print(f"added node [bold]{node.name}[/] "
+                      f"(boot NIC {node.boot_interface.mac if node.boot_interface else '-'})")
+
+
+@node_app.command("list")
+@friendly_errors
+def node_list(ctx: typer.Context) -> None:
+    """List nodes with their interfaces and boot settings."""
+    with state(ctx).db.session() as s:
+        tab = table("node", "arch", "interfaces", "boot")
+        for node in service.list_nodes(s):
+            nics = ", ".join(f"{i.mac}{'*' if i.is_boot else ''}" for i in node.interfaces)
+            tab.add_row(node.name, node.arch, nics, _boot_summary(node))
+        console.print(tab)
+        console.print("[dim]* = designated boot interface[/]")
+
+
+@node_app.command("show")
+@friendly_errors
+def node_show(ctx: typer.Context, name: str) -> None:
+    """Show one node."""
+    with state(ctx).db.session() as s:
+        node = service.get_node(s, name)
+        tab = table("interface", "mac", "boot", title=f"node {node.name} ({node.arch})")
+        for i in node.interfaces:
+            tab.add_row(i.name or "-", i.mac, "yes" if i.is_boot else "")
+        console.print(tab)
+        console.print(f"boot: {_boot_summary(node)}")
+
+
+@node_app.command("edit")
+@friendly_errors
+def node_edit(
+    ctx: typer.Context,
+    name: str,
+    add_nic: list[str] = typer.Option([], "--add-nic", help="MAC[,name=IF][,boot]"),
+    remove_nic: list[str] = typer.Option([], "--remove-nic", help="MAC to remove"),
+    boot_nic: str | None = typer.Option(None, "--boot-nic", help="MAC of the new boot NIC"),
+    arch: str | None = typer.Option(None),
+) -> None:
+    """Change a node's interfaces, boot NIC or architecture."""
+    with state(ctx).db.session() as s:
+        for text in add_nic:
+            service.add_interface(s, name, service.parse_nic(text))
+        for mac in remove_nic:
+            service.remove_interface(s, name, mac)
+        if boot_nic:
+            service.set_boot_interface(s, name, boot_nic)
+        if arch:
+            service.get_node(s, name).arch = arch
+    console.print(f"updated node [bold]{name}[/]")
+
+
+@node_app.command("remove")
+@friendly_errors
+def node_remove(ctx: typer.Context, name: str) -> None:
+    """Remove a node and its interfaces."""
+    with state(ctx).db.session() as s:
+        service.remove_node(s, name)
+    console.print(f"removed node [bold]{name}[/]")
+
+
+@node_app.command("boot")
+@friendly_errors
+def node_boot(
+    ctx: typer.Context,
+    name: str,
+    action: str = typer.Argument(..., help="local | wait | profile | clear"),
+    profile: str | None = typer.Option(None, "--profile", "-p"),
+    level: str = typer.Option("default", help="default | temp | next (one-shot)"),
+) -> None:
+    """Set what a node boots. `next` is used once, `temp` until cleared, then `default`."""
+    with state(ctx).db.session() as s:
+        chosen = None if action == "clear" else _parse_action(action)
+        service.set_boot(s, name, level, chosen, profile)
+    console.print(f"{name}: {level} boot = {action}{' ' + profile if profile else ''}")
+
+
+def _parse_action(text: str) -> BootAction:
+    try:
+        return BootAction(text)
+    except ValueError:
+        raise service.InventoryError(
+            f"unknown boot action {text!r}; use local, wait, profile or clear") from None
+
+
+@subnet_app.command("add")
+@friendly_errors
+def subnet_add(
+    ctx: typer.Context,
+    name: str,
+    cidr: str,
+    pool: list[str] = typer.Option([], help="START-END; repeat for several pools"),
+    router: str | None = typer.Option(None),
+    dns: list[str] = typer.Option([], help="DNS server; repeat for several"),
+    domain: str | None = typer.Option(None),
+    lease_seconds: int = typer.Option(3600),
+    next_server: str | None = typer.Option(None, help="TFTP/HTTP server (default: ours)"),
+    mtu: int | None = typer.Option(None),
+) -> None:
+    """Serve a subnet, optionally with address pools."""
+    with state(ctx).db.session() as s:
+        service.add_subnet(s, name, cidr, router=router, dns=dns, domain=domain,
+                           lease_seconds=lease_seconds, next_server=next_server, mtu=mtu)
+        for text in pool:
+            start, sep, end = text.partition("-")
+            if not sep:
+                raise service.InventoryError(f"pool {text!r} must be START-END")
+            service.add_pool(s, name, start, end)
+    console.print(f"added subnet [bold]{name}[/] {cidr}")
+
+
+@subnet_app.command("list")
+@friendly_errors
+def subnet_list(ctx: typer.Context) -> None:
+    """List subnets with their pools and reservations."""
+    with state(ctx).db.session() as s:
+        tab = table("subnet", "cidr", "router", "pools", "reservations", "lease")
+        for sub in service.list_subnets(s):
+            pools = ", ".join(f"{p.start}-{p.end}" for p in sub.pools)
+            tab.add_row(sub.name, sub.cidr, sub.router or "-", pools,
+                        str(len(sub.reservations)), f"{sub.lease_seconds}s")
+        console.print(tab)
+
+
+@subnet_app.command("remove")
+@friendly_errors
+def subnet_remove(ctx: typer.Context, name: str) -> None:
+    """Stop serving a subnet (its pools and reservations go with it)."""
+    with state(ctx).db.session() as s:
+        service.remove_subnet(s, name)
+    console.print(f"removed subnet [bold]{name}[/]")
+
+
+@subnet_app.command("reserve")
+@friendly_errors
+def subnet_reserve(
+    ctx: typer.Context, subnet: str, mac: str, address: str,
+    hostname: str | None = typer.Option(None),
+) -> None:
+    """Give a MAC a fixed address."""
+    with state(ctx).db.session() as s:
+        service.add_reservation(s, subnet, mac, address, hostname)
+    console.print(f"reserved {address} for {mac}")
+
+
+@subnet_app.command("unreserve")
+@friendly_errors
+def subnet_unreserve(ctx: typer.Context, mac: str) -> None:
+    """Remove a MAC's fixed address."""
+    with state(ctx).db.session() as s:
+        service.remove_reservation(s, mac)
+    console.print(f"removed the reservation of {mac}")
+
+
+@profile_app.command("add")
+@friendly_errors
+def profile_add(
+    ctx: typer.Context,
+    name: str,
+    kernel: str | None = typer.Option(None, help="path under the boot root, or URL"),
+    initrd: str | None = typer.Option(None),
+    cmdline: str = typer.Option(""),
+    script: Path | None = typer.Option(None, help="a whole iPXE script file"),
+) -> None:
+    """Register a boot profile (immutable: a new version is a new name)."""
+    with state(ctx).db.session() as s:
+        service.add_profile(s, name, kernel=kernel, initrd=initrd, cmdline=cmdline,
+                            script=script.read_text() if script else None)
+    console.print(f"added profile [bold]{name}[/]")
+
+
+@profile_app.command("list")
+@friendly_errors
+def profile_list(ctx: typer.Context) -> None:
+    """List boot profiles."""
+    with state(ctx).db.session() as s:
+        tab = table("profile", "kind", "kernel", "initrd", "cmdline")
+        for p in service.list_profiles(s):
+            tab.add_row(p.name, p.kind.value, p.kernel or "-", p.initrd or "-", p.cmdline or "")
+        console.print(tab)
+
+
+@profile_app.command("remove")
+@friendly_errors
+def profile_remove(ctx: typer.Context, name: str) -> None:
+    """Remove an unused boot profile."""
+    with state(ctx).db.session() as s:
+        service.remove_profile(s, name)
+    console.print(f"removed profile [bold]{name}[/]")
+
+
+@inventory_app.command("export")
+@friendly_errors
+def inventory_export(
+    ctx: typer.Context, output: Path | None = typer.Option(None, "-o", help="file (default -)"),
+) -> None:
+    """Write the whole inventory as YAML."""
+    with state(ctx).db.session() as s:
+        text = yamlio.export_inventory(s)
+    if output:
+        output.write_text(text)
+    else:
+        sys.stdout.write(text)
+
+
+@inventory_app.command("import")
+@friendly_errors
+def inventory_import(ctx: typer.Context, source: Path) -> None:
+    """Create or update profiles, subnets and nodes from a YAML file, in one transaction."""
+    if not source.exists():
+        raise service.InventoryError(f"{source} does not exist")
+    with state(ctx).db.session() as s:
+        counts = yamlio.import_inventory(s, source.read_text())
+    console.print("imported " + ", ".join(f"{n} {k}" for k, n in counts.items()))

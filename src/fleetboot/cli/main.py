@@ -1,0 +1,54 @@
+"""The ``fleetboot`` entry point: global options and the command groups."""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+from fleetboot.cli import inventory
+from fleetboot.cli.common import CliState
+
+app = typer.Typer(
+    help="Fleetboot boots, configures and wires fleets of machines.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    config: str | None = typer.Option(
+        None, "--config", "-c", envvar="FLEETBOOT_CONFIG",
+        help="configuration file (default: ./fleetboot.yaml, then /etc/fleetboot/)",
+    ),
+) -> None:
+    ctx.obj = CliState(config)
+
+
+app.add_typer(inventory.node_app, name="node")
+app.add_typer(inventory.subnet_app, name="subnet")
+app.add_typer(inventory.profile_app, name="profile")
+app.add_typer(inventory.inventory_app, name="inventory")
+
+# Command groups of other concerns: (module, attribute, command name).
+_GROUPS = (
+    ("fleetboot.cli.serve", "app", None),
+    ("fleetboot.cli.vm", "app", "vm"),
+    ("fleetboot.cli.passthrough", "host_app", "host"),
+    ("fleetboot.cli.passthrough", "flavor_app", "flavor"),
+)
+
+for module_name, attr, name in _GROUPS:
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        continue
+    group = getattr(module, attr)
+    if name is None:
+        app.registered_commands.extend(group.registered_commands)
+    else:
+        app.add_typer(group, name=name)

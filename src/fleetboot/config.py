@@ -1,0 +1,159 @@
+"""Fleetboot's configuration file (YAML), validated with pydantic.
+
+One section per concern. Every field has a default that works for the embedded
+set-up (SQLite in the working directory), so a missing file is a valid
+configuration. Paths are resolved relative to the configuration file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fleetboot.errors import FleetbootError
+
+DEFAULT_CONFIG_PATHS = ("fleetboot.yaml", "/etc/fleetboot/fleetboot.yaml")
+
+
+class ConfigError(FleetbootError):
+    pass
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ArchBoot(_Section):
+    """What a client architecture (DHCP option 93, IANA registry) boots first."""
+
+    name: str
+    tftp_file: str | None = None  # for PXE firmware: a file name under the boot root
+    http_file: str | None = None  # for UEFI HTTP boot: a path under /boot/files/
+
+
+def default_arch_table() -> dict[int, ArchBoot]:
+    # IANA "Processor Architecture Types" for option 93; editable in the config file.
+    return {
+        0: ArchBoot(name="x86 BIOS", tftp_file="undionly.kpxe"),
+        6: ArchBoot(name="x86 UEFI", tftp_file="snponly.efi"),
+        7: ArchBoot(name="x86-64 UEFI", tftp_file="snponly.efi"),
+        9: ArchBoot(name="x86-64 UEFI (EBC)", tftp_file="snponly.efi"),
+        10: ArchBoot(name="ARM32 UEFI", tftp_file="arm32/snponly.efi"),
+        11: ArchBoot(name="ARM64 UEFI", tftp_file="arm64/snponly.efi"),
+        15: ArchBoot(name="x86 UEFI HTTP", http_file="ipxe.efi"),
+        16: ArchBoot(name="x86-64 UEFI HTTP", http_file="ipxe.efi"),
+        19: ArchBoot(name="ARM64 UEFI HTTP", http_file="arm64/ipxe.efi"),
+    }
+
+
+class DatabaseSettings(_Section):
+    url: str = "sqlite:///fleetboot.db"
+
+
+class DhcpConfig(_Section):
+    enabled: bool = True
+    interfaces: list[str] = Field(default_factory=list)  # empty: all
+    port: int = 67
+    proxy: bool = False  # proxyDHCP (67 + 4011) beside another DHCP server
+    unknown_clients: Literal["serve", "ignore"] = "serve"
+    non_boot_interfaces: Literal["address", "ignore"] = "address"
+    journal_window_ms: float = 2.0
+
+
+class TftpConfig(_Section):
+    enabled: bool = True
+    port: int = 69
+    max_blksize: int = 1468
+    timeout_s: float = 1.0
+    retries: int = 5
+    max_sessions: int = 4096
+
+
+class HttpConfig(_Section):
+    enabled: bool = True
+    host: str = "0.0.0.0"
+    port: int = 8080
+
+
+class SecurityConfig(_Section):
+    # The admin token may be given inline or (better) in a file readable by root only.
+    admin_token: str | None = None
+    admin_token_file: str | None = None
+
+
+class Settings(_Section):
+    """The whole configuration. ``server_address`` is what nodes are told to reach."""
+
+    server_address: str = "127.0.0.1"
+    boot_root: str = "bootroot"
+    state_dir: str = "."
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    dhcp: DhcpConfig = Field(default_factory=DhcpConfig)
+    tftp: TftpConfig = Field(default_factory=TftpConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    security: SecurityConfig = Field(default_factory=SecurityConfig)
+    architectures: dict[int, ArchBoot] = Field(default_factory=default_arch_table)
+
+    def resolve_paths(self, base: Path) -> Settings:
+        def absolute(p: str) -> str:
+            return str((base / p).resolve()) if not os.path.isabs(p) else p
+
+        copy = self.model_copy(deep=True)
+        copy.boot_root = absolute(self.boot_root)
+        copy.state_dir = absolute(self.state_dir)
+        if copy.database.url.startswith("sqlite:///") and not copy.database.url.startswith(
+            "sqlite:////"
+        ):
+            copy.database.url = "sqlite:///" + absolute(copy.database.url[len("sqlite:///") :])
+        return copy
+
+
+def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
+    """Load ``path`` (or the first default path that exists; none: defaults).
+
+    ``FLEETBOOT_DB`` overrides the database URL, so one-off commands can point
+    at another inventory without editing the file.
+    """
+    chosen = Path(path) if path else next(
+        (Path(p) for p in DEFAULT_CONFIG_PATHS if Path(p).exists()), None
+    )
+    data: dict[str, Any] = {}
+    if chosen is not None:
+        if not chosen.exists():
+            raise ConfigError(f"configuration file {chosen} does not exist; "
+                              "create it or leave --config out to use the defaults")
+        try:
+            data = yaml.safe_load(chosen.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{chosen} is not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{chosen} must hold a mapping of sections at the top level")
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{chosen or 'configuration'}: {_explain(exc)}") from None
+    if env_db := os.environ.get("FLEETBOOT_DB"):
+        settings.database.url = env_db
+    return settings.resolve_paths(chosen.parent if chosen else Path.cwd())
+
+
+def _explain(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"])
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def admin_token(settings: Settings) -> str | None:
+    sec = settings.security
+    if sec.admin_token_file:
+        try:
+            return Path(sec.admin_token_file).read_text().strip() or None
+        except OSError as exc:
+            raise ConfigError(f"cannot read security.admin_token_file: {exc}") from None
+    return sec.admin_token
