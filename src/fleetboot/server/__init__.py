@@ -1,0 +1,1 @@
+"""The Fleetboot server process: one asyncio loop with DHCP, TFTP and HTTP."""

@@ -1,0 +1,96 @@
+"""The server process: one asyncio loop running every enabled service.
+
+Services are started in order and stopped in reverse. A watcher polls the
+inventory's revision counter once a second and tells services that keep an
+in-memory view to reload it, so CLI changes reach a running server without a
+restart and without any per-packet database access.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from fleetboot.inventory.db import Database
+
+log = logging.getLogger("fleetboot.runtime")
+
+
+class Service(Protocol):
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+ReloadHook = Callable[[], Awaitable[None]]
+
+
+@dataclass
+class Runtime:
+    db: Database
+    services: list[Service] = field(default_factory=list)
+    reload_hooks: list[ReloadHook] = field(default_factory=list)
+    poll_interval_s: float = 1.0
+    _stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    _revision: int = -1
+
+    async def start(self) -> None:
+        self._revision = await asyncio.to_thread(self.db.revision)
+        started: list[Service] = []
+        try:
+            for service in self.services:
+                await service.start()
+                started.append(service)
+                log.info("%s started", service.name)
+        except BaseException:
+            for service in reversed(started):
+                with contextlib.suppress(Exception):
+                    await service.stop()
+            raise
+
+    async def stop(self) -> None:
+        for service in reversed(self.services):
+            try:
+                await service.stop()
+            except Exception:
+                log.exception("stopping %s failed", service.name)
+
+    async def watch_inventory(self) -> None:
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.poll_interval_s)
+            if self._stopping.is_set():
+                return
+            await self.check_inventory()
+
+    async def check_inventory(self) -> None:
+        try:
+            revision = await asyncio.to_thread(self.db.revision)
+        except Exception:  # the database may be briefly unavailable: keep serving
+            log.warning("cannot read the inventory revision; keeping the current view")
+            return
+        if revision != self._revision:
+            self._revision = revision
+            for hook in self.reload_hooks:
+                await hook()
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def run_forever(self) -> None:
+        """Start, serve until SIGINT/SIGTERM, stop."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.request_stop)
+        await self.start()
+        try:
+            await self.watch_inventory()
+        finally:
+            await self.stop()
