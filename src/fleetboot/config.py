@@ -77,6 +77,20 @@ class HttpConfig(_Section):
     enabled: bool = True
     host: str = "0.0.0.0"
     port: int = 8080
+    # Base of the URLs put in iPXE scripts; default http://<server_address>:<port>.
+    public_url: str | None = None
+    # WAIT: how long a node sleeps before asking for its script again.
+    wait_seconds: int = Field(default=10, ge=1, le=3600)
+    # Machines not in the inventory: wait (ask again) or boot their local disk...
+    unknown_action: Literal["wait", "local"] = "wait"
+    # ...or, if this lists profile names, choose from a menu of them.
+    unknown_menu: list[str] = Field(default_factory=list)
+    menu_timeout_s: int = Field(default=30, ge=0, le=3600)
+    menu_default: str = "wait"  # "wait", "local" or one of unknown_menu
+    # Send static files with sendfile(2) when the event loop can (asyncio's can).
+    zero_copy: bool = True
+    keep_alive_s: float = 15.0
+    access_log: bool = False
 
 
 class SecurityConfig(_Section):

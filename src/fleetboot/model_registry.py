@@ -4,6 +4,9 @@ from importlib import import_module
 
 MODEL_MODULES = (
     "fleetboot.inventory.models",
+    "fleetboot.nodeconfig.models",
+    "fleetboot.passthrough.models",
+    "fleetboot.vm.models",
 )
 
 

@@ -50,9 +50,12 @@ DEFAULT_CACHE = "/var/cache/fleetboot/guest"
 META_PACKAGES: dict[str, str] = {"cloud": "linux-image-cloud-amd64", "generic": "linux-image-amd64"}
 
 # Drivers for every NIC model the lab uses, plus af_packet (udhcpc needs raw
-# sockets; it is built in on Debian, and skipped then). Order matters only for
-# the two rtl8139 drivers: 8139cp must claim QEMU's RTL8139C+ before 8139too.
-NIC_MODULES: tuple[str, ...] = ("af_packet", "virtio_net", "e1000", "e1000e", "8139cp", "8139too")
+# sockets; it is built in on Debian, and skipped then). virtio_net does not
+# depend on its PCI transport, so virtio_pci is named too. 8139cp must claim
+# QEMU's RTL8139C+ before 8139too (which declines C+ chips anyway).
+NIC_MODULES: tuple[str, ...] = (
+    "af_packet", "virtio_pci", "virtio_net", "e1000", "e1000e", "8139cp", "8139too",
+)
 
 # QEMU -device model -> Linux driver module.
 NIC_DRIVERS: dict[str, str] = {
@@ -450,7 +453,8 @@ def _unpack(deb: Path, dest: Path, wanted: Sequence[str]) -> dict[str, Any]:
         _put(dest / "config", Path(tmp, "boot", f"config-{release}").read_bytes)
         for name in depends:
             _put(dest / "modules" / f"{name}.ko", functools.partial(_read_module, index[name]))
-    return {"release": release, "requested": sorted(wanted), "builtin": sorted(builtin),
+    return {"release": release, "requested": sorted(wanted),
+            "builtin": sorted(builtin.intersection(wanted)),
             "depends": {k: list(v) for k, v in depends.items()}}
 
 

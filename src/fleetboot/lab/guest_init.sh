@@ -81,7 +81,8 @@ run_hook() {
     case "$src" in
         http://* | https://*)
             script=/tmp/fleetboot-hook
-            if ! wget -q -T 15 -O "$script" "$src"; then
+            # Not "wget -T": it segfaults in Debian's busybox-static 1.35.
+            if ! timeout 30 wget -q -O "$script" "$src"; then
                 mark "ERROR hook-fetch url=$src"
                 return 1
             fi
@@ -117,6 +118,13 @@ main() {
     mark "INIT nic iface=$iface mac=$mac"
     ip link set lo up
     ip link set "$iface" up
+    # e1000 reports link ~2 s after "up": a DISCOVER sent before is lost.
+    n=0
+    until [ "$(cat "/sys/class/net/$iface/carrier" 2>/dev/null)" = 1 ] || [ $n -ge 100 ]; do
+        n=$((n + 1))
+        usleep 50000
+    done
+    mark "INIT link iface=$iface carrier=$(cat "/sys/class/net/$iface/carrier" 2>/dev/null)"
     if ! udhcpc -i "$iface" -s /etc/fleetboot/udhcpc.sh -f -q -n -T 2 \
         -t "${FLEETBOOT_DHCP_TRIES:-10}"; then
         mark "ERROR dhcp iface=$iface mac=$mac"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from fleetboot.errors import FleetbootError
 
 
@@ -27,6 +29,10 @@ class ClaimError(PassthroughError):
 
 class NoHostError(ClaimError):
     """No host can satisfy a set of requests; the message explains why, per host."""
+
+    def __init__(self, message: str, refusals: Mapping[str, list[str]] | None = None) -> None:
+        super().__init__(message)
+        self.refusals = dict(refusals or {})
 
 
 class MigrationError(PassthroughError):

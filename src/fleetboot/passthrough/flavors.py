@@ -195,7 +195,7 @@ class Flavor:
         return [f"flavor {self.name!r} {ADDRESS_GLOB_WARNING}"] if self.address_globs else []
 
     def describe(self) -> str:
-        """One line of criteria, e.g. ``vendor=8086 product=154c type=vf physical_network=physnet1``."""
+        """One line of criteria, e.g. ``vendor=8086 product=154c type=vf physical_network=x``."""
         parts = []
         if self.vendor_id:
             parts.append(f"vendor={self.vendor_id}")
@@ -268,7 +268,7 @@ def matching_flavors(dev: DeviceAttrs, flavors: Iterable[Flavor]) -> frozenset[s
 # ---------------------------------------------------------------- requests
 
 _REQUEST = re.compile(
-    r"^\s*(?:(?P<count>\d+)\s*(?:[x×*]\s+|[×*]|\s+))?(?P<flavors>[^\s]+)\s*$"
+    "^\\s*(?:(?P<count>\\d+)\\s*(?:[x\u00d7*]\\s+|[\u00d7*]))?(?P<flavors>[^\\s]+)\\s*$"
 )
 
 

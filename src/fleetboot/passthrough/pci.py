@@ -30,7 +30,8 @@ class PciAddress:
         match = _ADDRESS.match(text.strip().lower())
         if match is None:
             raise PciAddressError(
-                f"{text!r} is not a PCI address; write it like 0000:3b:00.0 (domain:bus:slot.function)"
+                f"{text!r} is not a PCI address; write it like 0000:3b:00.0 "
+                "(domain:bus:slot.function)"
             )
         slot = int(match["slot"], 16)
         if slot > 0x1F:

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 from fleetboot.protocols.tftp.codec import (
+    MAX_BLOCK,
     Ack,
     Error,
     ErrorCode,
-    MAX_BLOCK,
     TftpDecodeError,
     decode,
 )
@@ -30,7 +30,7 @@ from fleetboot.protocols.tftp.options import Negotiated
 Window = tuple[int, int]
 
 
-class Outcome(str, Enum):
+class Outcome(StrEnum):
     RUNNING = "running"
     DONE = "done"  # the last block was acknowledged
     PROBE = "probe"  # client ended after the OACK (the UEFI tsize probe)
@@ -124,10 +124,15 @@ class ReadSession:
         return self._send(self._next_window(), now)
 
     def on_ack(self, wire_block: int, now: float) -> Window | None:
-        """An ACK arrived. Returns the window to send, or None (never for duplicates)."""
-        if self.finished:
+        """An ACK arrived. Returns the window to send, or None (never for duplicates).
+
+        The per-packet path: written out flat, because Python call overhead is
+        most of a lock-step transfer's CPU cost.
+        """
+        if self.outcome is not Outcome.RUNNING:
             return None
-        block = self.sent_upto - ((self.sent_upto - wire_block) & MAX_BLOCK)
+        sent = self.sent_upto
+        block = sent - ((sent - wire_block) & MAX_BLOCK)
         if block <= self.acked:
             if block == self.acked:
                 self.stats.duplicate_acks += 1
@@ -135,12 +140,25 @@ class ReadSession:
                 self.stats.stale_acks += 1
             return None
         self.acked = block
-        self._retries = 0
-        self._timeout = self._base_timeout
+        if self._retries:
+            self._retries = 0
+            self._timeout = self._base_timeout
         if block >= self.last_block:
             self._finish(Outcome.DONE, now)
             return None
-        return self._send(self._next_window(), now)
+        first, last = block + 1, block + self.windowsize
+        if last > self.last_block:
+            last = self.last_block
+        stats = self.stats
+        if first <= sent:  # a partial ACK: part of the window was lost, resend it
+            stats.retransmitted_packets += min(last, sent) - first + 1
+        if last > sent:
+            self.sent_upto = last
+        stats.packets_sent += last - first + 1
+        end = last * self.blksize
+        stats.bytes_sent += (end if end < self.size else self.size) - block * self.blksize
+        self.deadline = now + self._timeout
+        return (first, last)
 
     def on_packet(self, packet: bytes, now: float) -> Action:
         """Any datagram from the client; ACKs may also go straight to :meth:`on_ack`."""
@@ -201,7 +219,8 @@ class ReadSession:
         count = last - first + 1
         self.stats.packets_sent += count
         if first > 0:
-            self.stats.bytes_sent += min(self.size, last * self.blksize) - (first - 1) * self.blksize
+            end = min(self.size, last * self.blksize)
+            self.stats.bytes_sent += end - (first - 1) * self.blksize
         self.deadline = now + self._timeout
         return window
 

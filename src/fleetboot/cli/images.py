@@ -1,0 +1,79 @@
+"""``fleetboot image ...``: the content-addressed image store under the boot root."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+
+from fleetboot.boot.images import ImageError, ImageStore, referenced_by, remove_image
+from fleetboot.cli.common import console, friendly_errors, state, table
+
+app = typer.Typer(help="Kernels, initrds and images: stored by content, never replaced.",
+                  no_args_is_help=True)
+
+
+def _store(ctx: typer.Context) -> ImageStore:
+    return ImageStore(state(ctx).settings.boot_root)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+@app.command("add")
+@friendly_errors
+def image_add(
+    ctx: typer.Context,
+    file: Path = typer.Argument(..., help="the kernel, initrd or image to store"),
+    name: str | None = typer.Option(None, "--name", help="file name in the store "
+                                    "(default: FILE's name)"),
+) -> None:
+    """Copy FILE into the store; prints the path to give `fleetboot profile add`."""
+    image, created = _store(ctx).add(file, name)
+    verb = "stored" if created else "already stored"
+    console.print(f"{verb} [bold]{image.path}[/] ({_size(image.size)})")
+    console.print(f"use it with: fleetboot profile add NAME --kernel {image.path} ...",
+                  style="dim", soft_wrap=True)
+
+
+@app.command("list")
+@friendly_errors
+def image_list(ctx: typer.Context) -> None:
+    """List stored images and the profiles using them."""
+    store = _store(ctx)
+    tab = table("path", "size", "added", "used by")
+    with state(ctx).db.session() as s:
+        for image in store.list():
+            added = time.strftime("%Y-%m-%d %H:%M", time.localtime(image.mtime))
+            tab.add_row(image.path, _size(image.size), added,
+                        ", ".join(referenced_by(s, image)) or "-")
+    console.print(tab)
+
+
+@app.command("remove")
+@friendly_errors
+def image_remove(
+    ctx: typer.Context,
+    ref: str = typer.Argument(..., help="images/<digest>/<name>, a digest prefix or a name"),
+) -> None:
+    """Remove an image no profile refers to."""
+    with state(ctx).db.session() as s:
+        image = remove_image(_store(ctx), s, ref)
+    console.print(f"removed [bold]{image.path}[/]")
+
+
+@app.command("verify")
+@friendly_errors
+def image_verify(ctx: typer.Context) -> None:
+    """Re-hash every image and report any whose content no longer matches its path."""
+    store = _store(ctx)
+    bad = [i.path for i in store.list() if not store.verify(i)]
+    if bad:
+        raise ImageError("content does not match the digest of: " + ", ".join(bad))
+    console.print("all images match their digests")

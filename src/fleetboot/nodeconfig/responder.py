@@ -1,0 +1,224 @@
+"""Answering ``GET /v1/self/config[/<section>]``: identity, variant, ETag. No I/O.
+
+Who asks is decided by what the network says, never by what the request says:
+
+1. a request carrying a proxy header (``X-Forwarded-For``, ``Forwarded``,
+   ``X-Real-IP``, ...) is refused: Fleetboot has no trusted proxies, and a node
+   behind one could not be told apart from the others;
+2. the source address must hold a current lease (``LeaseDirectory``), whose
+   MAC must be an interface of a registered node: that node is the requester;
+3. a per-boot token (``X-Fleetboot-Token``), if sent, must be a current token
+   *of that node*; it unlocks the secret sections. A wrong token is refused
+   rather than ignored, so a node never silently gets less than it asked for.
+   With ``require_token`` every request needs it (IMDSv2's "required" mode).
+
+Every answer is bytes prepared at render time: the request path does a few
+dict lookups, one substring test for ``If-None-Match`` and hands back bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from fleetboot.nodeconfig.documents import DocumentCache
+from fleetboot.nodeconfig.render import NodeDocuments, Rendered
+from fleetboot.nodeconfig.sections import SECTIONS
+from fleetboot.nodeconfig.tokens import TokenStore
+from fleetboot.server.directory import LeaseDirectory
+
+CONFIG_PATH = b"/v1/self/config"
+TOKEN_HEADER = b"x-fleetboot-token"
+# Headers a proxy adds. Fleetboot trusts no proxy, so their presence alone refuses.
+PROXY_HEADERS = frozenset({
+    b"x-forwarded-for", b"forwarded", b"x-real-ip", b"x-forwarded-host", b"x-client-ip",
+    b"true-client-ip", b"x-cluster-client-ip", b"client-ip", b"x-original-forwarded-for",
+    b"cf-connecting-ip", b"fastly-client-ip", b"x-proxyuser-ip", b"via",
+})
+
+_SECTIONS = frozenset(SECTIONS)
+_STATUS_TEXT = {200: b"OK", 304: b"Not Modified", 400: b"Bad Request", 401: b"Unauthorized",
+                403: b"Forbidden", 404: b"Not Found"}
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A prepared answer: ``head`` is the header block without status line and final CRLF."""
+
+    status: int
+    head: bytes
+    body: bytes
+    etag: str = ""
+
+    def status_line(self) -> bytes:
+        return b"HTTP/1.1 %d %s\r\n" % (self.status, _STATUS_TEXT.get(self.status, b""))
+
+    def asgi_headers(self) -> list[tuple[bytes, bytes]]:
+        out = []
+        for line in self.head.split(b"\r\n"):
+            if line:
+                name, _, value = line.partition(b": ")
+                out.append((name, value))
+        return out
+
+
+def _head(content_type: bytes, length: int | None, etag: str | None) -> bytes:
+    parts = [b"content-type: " + content_type + b"\r\n"]
+    if length is not None:
+        parts.append(b"content-length: %d\r\n" % length)
+    if etag:
+        parts.append(b'etag: "' + etag.encode() + b'"\r\n')
+    # Nodes may keep a copy but must ask again (with If-None-Match) before using it.
+    parts.append(b"cache-control: private, no-cache\r\n")
+    return b"".join(parts)
+
+
+def ok_reply(doc: Rendered) -> Reply:
+    return Reply(200, _head(b"application/json", len(doc.body), doc.etag), doc.body, doc.etag)
+
+
+def not_modified_reply(doc: Rendered) -> Reply:
+    return Reply(304, _head(b"application/json", None, doc.etag), b"", doc.etag)
+
+
+def error_reply(status: int, message: str) -> Reply:
+    body = json.dumps({"error": message}).encode() + b"\n"
+    return Reply(status, _head(b"application/json", len(body), None), body)
+
+
+FetchHook = Callable[[NodeDocuments, str, "Reply", str], None]
+
+
+class Denied(Exception):
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(reply.body.decode())
+        self.reply = reply
+
+
+def client_address(host: str) -> str:
+    """``::ffff:10.0.0.5`` (a v4 client on a dual-stack socket) -> ``10.0.0.5``."""
+    return host[7:] if host.startswith("::ffff:") else host
+
+
+class ConfigResponder:
+    """The hot path, shared by the raw protocol path, the ASGI wrapper and the routes."""
+
+    def __init__(self, documents: DocumentCache, tokens: TokenStore, directory: LeaseDirectory,
+                 on_fetch: FetchHook | None = None, clock: Callable[[], float] = time.time,
+                 require_token: bool = False) -> None:
+        self.documents = documents
+        self.tokens = tokens
+        self.directory = directory
+        self.on_fetch = on_fetch
+        self.clock = clock
+        self.require_token = require_token
+        self._replies: dict[tuple[int, str], Reply] = {}
+        self._replies_view: object = None
+        self.denied = {"proxy": 0, "lease": 0, "node": 0, "token": 0, "section": 0}
+        self._proxy = error_reply(403, "requests through a proxy are refused: Fleetboot "
+                                  "identifies a node by its own address (X-Forwarded-For, "
+                                  "Forwarded, X-Real-IP and the like are not accepted)")
+        self._bad_token = error_reply(401, "the token is not valid for this node: it belongs "
+                                      "to another node or an earlier boot, or it expired; "
+                                      "boot the node through Fleetboot for a new one")
+        self._need_token = error_reply(401, "this server requires the per-boot token in the "
+                                       "X-Fleetboot-Token header")
+
+    # --- identity (also used by the state report route) ---
+
+    def identify(self, client: str, headers: Iterable[tuple[bytes, bytes]],
+                 ) -> tuple[NodeDocuments, bool, bytes | None]:
+        """(node documents, token verified, If-None-Match) or raise ``Denied``."""
+        token = inm = None
+        for name, value in headers:
+            if name == TOKEN_HEADER:
+                token = value
+            elif name == b"if-none-match":
+                inm = value
+            elif name in PROXY_HEADERS:
+                self.denied["proxy"] += 1
+                raise Denied(self._proxy)
+        docs = self._node(client_address(client))
+        if token is None:
+            if self.require_token:
+                self.denied["token"] += 1
+                raise Denied(self._need_token)
+            return docs, False, inm
+        if not self.tokens.check(token.decode("latin-1"), docs.node_id, self.clock()):
+            self.denied["token"] += 1
+            raise Denied(self._bad_token)
+        return docs, True, inm
+
+    def _node(self, client: str) -> NodeDocuments:
+        mac = self.directory.mac_for_address(client)
+        if mac is None:
+            self.denied["lease"] += 1
+            raise Denied(error_reply(403, f"{client} holds no current lease from Fleetboot; "
+                                     "configuration is served to leased node addresses only"))
+        docs = self.documents.view.by_mac.get(mac)
+        if docs is None:
+            self.denied["node"] += 1
+            raise Denied(error_reply(403, f"{client} ({mac}) is not an interface of a "
+                                     "registered node; add it with `fleetboot node add`"))
+        return docs
+
+    # --- the answer ---
+
+    def answer(self, client: str, path: bytes, headers: Iterable[tuple[bytes, bytes]],
+               ) -> Reply | None:
+        """The reply for a GET of ``path``, or None when ``path`` is not ours."""
+        section = self._section(path)
+        if section is None:
+            return None
+        try:
+            docs, trusted, inm = self.identify(client, headers)
+        except Denied as denied:
+            return denied.reply
+        if section and section not in _SECTIONS:
+            return unknown_section_reply(section)
+        doc = self._pick(docs, trusted, section)
+        if doc is None:
+            self.denied["section"] += 1
+            return error_reply(401, f"section {section} holds secrets: send the per-boot "
+                               "token (X-Fleetboot-Token) to read it")
+        fresh = inm is not None and (inm == b"*" or doc.etag.encode() in inm)
+        reply = self._prepared(doc, 304 if fresh else 200)
+        if self.on_fetch is not None:
+            self.on_fetch(docs, client_address(client), reply, section)
+        return reply
+
+    @staticmethod
+    def _section(path: bytes) -> str | None:
+        path = path.split(b"?", 1)[0]
+        if path == CONFIG_PATH or path == CONFIG_PATH + b"/":
+            return ""
+        if not path.startswith(CONFIG_PATH + b"/"):
+            return None
+        return path[len(CONFIG_PATH) + 1:].decode("latin-1")
+
+    @staticmethod
+    def _pick(docs: NodeDocuments, trusted: bool, section: str) -> Rendered | None:
+        if section == "":
+            return docs.full if trusted else docs.public
+        if trusted:
+            return docs.sections.get(section)
+        return docs.public_sections.get(section)
+
+    def _prepared(self, doc: Rendered, status: int) -> Reply:
+        # Replies are cached per ETag; the cache restarts with every new view.
+        view = self.documents.view
+        if self._replies_view is not view:
+            self._replies, self._replies_view = {}, view
+        key = (status, doc.etag)
+        reply = self._replies.get(key)
+        if reply is None:
+            reply = ok_reply(doc) if status == 200 else not_modified_reply(doc)
+            self._replies[key] = reply
+        return reply
+
+
+def unknown_section_reply(section: str) -> Reply:
+    return error_reply(404, f"no section {section!r}; sections are: {', '.join(SECTIONS)}")
+

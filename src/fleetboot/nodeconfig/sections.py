@@ -1,0 +1,360 @@
+"""The sections of a node's configuration document and their validation. Pure.
+
+Each section replaces one or more of the testbed's separate configuration
+requests (seed 002: accounts, ifconfig, mounts, hostnames, routing,
+startupcmd, tarballs, rpms, tunnels, trafgens, ...). Operators set sections
+per node or as a fleet-wide default; ``validate_section`` turns what they typed
+into the normalised JSON value that is stored and served, or raises a
+``NodeConfigError`` that says what is wrong.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fleetboot.inventory.addr import normalize_mac
+from fleetboot.nodeconfig.errors import NodeConfigError
+
+_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_NAME = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}\$?$")
+_URL = re.compile(r"^(https?|ftp|nfs)://\S+$")
+
+
+class _Item(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+def _check_hostname(value: str) -> str:
+    if len(value) > 253 or not all(_LABEL.match(part) for part in value.split(".")):
+        raise ValueError(f"{value!r} is not a host name (letters, digits, '-', dot-separated)")
+    return value
+
+
+def _check_cidr(value: str) -> str:
+    try:
+        return str(ipaddress.ip_interface(value))
+    except ValueError:
+        raise ValueError(f"{value!r} is not an address with prefix, like 10.0.0.5/24") from None
+
+
+def _check_ip(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address") from None
+
+
+def _check_sha256(value: str) -> str:
+    value = value.lower()
+    if not _SHA256.match(value):
+        raise ValueError("sha256 must be 64 hexadecimal digits (the output of sha256sum)")
+    return value
+
+
+def _check_url(value: str) -> str:
+    if not _URL.match(value):
+        raise ValueError(f"{value!r} is not an http://, https://, ftp:// or nfs:// URL")
+    return value
+
+
+def _check_path(value: str) -> str:
+    if not value.startswith("/") or "\0" in value or any(p == ".." for p in value.split("/")):
+        raise ValueError(f"{value!r} must be an absolute path without '..'")
+    return value
+
+
+class Route(_Item):
+    destination: str = "default"
+    gateway: str | None = None
+    interface: str | None = None
+    metric: int | None = Field(None, ge=0)
+
+    @field_validator("destination")
+    @classmethod
+    def _dest(cls, v: str) -> str:
+        if v == "default":
+            return v
+        try:
+            return str(ipaddress.ip_network(v, strict=False))
+        except ValueError:
+            raise ValueError(f"route destination {v!r}: use 'default' or a network "
+                             "like 10.1.0.0/16") from None
+
+    @field_validator("gateway")
+    @classmethod
+    def _gw(cls, v: str | None) -> str | None:
+        return _check_ip(v) if v else None
+
+
+class InterfaceConfig(_Item):
+    """Addresses, routes and MTU of one NIC, matched by ``name`` or ``mac``."""
+
+    name: str | None = None
+    mac: str | None = None
+    dhcp: bool = False
+    addresses: list[str] = Field(default_factory=list)
+    routes: list[Route] = Field(default_factory=list)
+    mtu: int | None = Field(None, ge=576, le=65535)
+
+    @field_validator("addresses")
+    @classmethod
+    def _addr(cls, v: Any) -> Any:
+        return [_check_cidr(a) for a in v]
+
+    @field_validator("mac")
+    @classmethod
+    def _mac(cls, v: str | None) -> str | None:
+        return normalize_mac(v) if v is not None else None
+
+    @model_validator(mode="after")
+    def _named(self) -> InterfaceConfig:
+        if not self.name and not self.mac:
+            raise ValueError("an interface needs a name (eth0) or a mac to say which NIC it is")
+        return self
+
+
+class Account(_Item):
+    name: str
+    uid: int | None = Field(None, ge=0)
+    gid: int | None = Field(None, ge=0)
+    groups: list[str] = Field(default_factory=list)
+    ssh_keys: list[str] = Field(default_factory=list)
+    shell: str = "/bin/sh"
+    home: str | None = None
+    password_hash: str | None = None
+    sudo: bool = False
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError(f"account name {v!r}: lowercase letters, digits, _ . - "
+                             "(at most 32)")
+        return v
+
+    @field_validator("ssh_keys")
+    @classmethod
+    def _keys(cls, v: list[str]) -> list[str]:
+        for key in v:
+            if "\n" in key or len(key.split()) < 2:
+                raise ValueError("each SSH key is one line like 'ssh-ed25519 AAAA... comment'")
+        return v
+
+
+class Mount(_Item):
+    source: str
+    target: str
+    type: str = "nfs"
+    options: str = "defaults"
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, v: Any) -> Any:
+        return _check_path(v)
+
+
+class HostEntry(_Item):
+    address: str
+    names: list[str] = Field(min_length=1)
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: Any) -> Any:
+        return _check_ip(v)
+    @field_validator("names")
+    @classmethod
+    def _names(cls, v: Any) -> Any:
+        return [_check_hostname(n) for n in v]
+
+
+class Startup(_Item):
+    command: str
+    user: str = "root"
+    timeout_s: int | None = Field(None, ge=1)
+
+
+class FileItem(_Item):
+    """A file to install: inline (``content_b64``) or fetched (``url`` + ``sha256``)."""
+
+    path: str
+    url: str | None = None
+    sha256: str | None = None
+    content_b64: str | None = None
+    mode: str = "0644"
+    owner: str | None = None
+    secret: bool = False  # served only to requests carrying the per-boot token
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: Any) -> Any:
+        return _check_path(v)
+
+    @field_validator("mode")
+    @classmethod
+    def _mode(cls, v: str) -> str:
+        if not re.fullmatch(r"0?[0-7]{3,4}", v):
+            raise ValueError(f"mode {v!r}: an octal mode like 0644")
+        return v if v.startswith("0") else "0" + v
+
+    @field_validator("sha256")
+    @classmethod
+    def _sha(cls, v: str | None) -> str | None:
+        return _check_sha256(v) if v else None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        return _check_url(v) if v else None
+
+    @model_validator(mode="after")
+    def _source(self) -> FileItem:
+        if (self.url is None) == (self.content_b64 is None):
+            raise ValueError(f"file {self.path}: give either url (with sha256) or content_b64")
+        if self.url is not None and self.sha256 is None:
+            raise ValueError(f"file {self.path}: a url needs its sha256 so the node can check it")
+        return self
+
+
+class Tarball(_Item):
+    url: str
+    sha256: str
+    dest: str = "/"
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: Any) -> Any:
+        return _check_url(v)
+    @field_validator("sha256")
+    @classmethod
+    def _sha(cls, v: Any) -> Any:
+        return _check_sha256(v)
+    @field_validator("dest")
+    @classmethod
+    def _dest(cls, v: Any) -> Any:
+        return _check_path(v)
+
+
+class Package(_Item):
+    name: str
+    url: str
+    sha256: str
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: Any) -> Any:
+        return _check_url(v)
+    @field_validator("sha256")
+    @classmethod
+    def _sha(cls, v: Any) -> Any:
+        return _check_sha256(v)
+
+
+class Tunnel(_Item):
+    name: str
+    type: Literal["gre", "gretap", "vxlan", "ipip", "wireguard"] = "gre"
+    remote: str
+    local: str | None = None
+    key: str | None = None
+    address: str | None = None
+    mtu: int | None = Field(None, ge=576, le=65535)
+
+    @field_validator("remote")
+    @classmethod
+    def _remote(cls, v: Any) -> Any:
+        return _check_ip(v)
+
+    @field_validator("address")
+    @classmethod
+    def _addr(cls, v: str | None) -> str | None:
+        return _check_cidr(v) if v else None
+
+
+class Shaping(_Item):
+    """Traffic shaping on one interface (the testbed's delay nodes, done with tc netem)."""
+
+    interface: str
+    delay_ms: float = Field(0, ge=0)
+    jitter_ms: float = Field(0, ge=0)
+    loss_pct: float = Field(0, ge=0, le=100)
+    rate_kbit: int | None = Field(None, ge=1)
+
+
+class _Hostname(_Item):
+    value: str
+    @field_validator("value")
+    @classmethod
+    def _v(cls, v: Any) -> Any:
+        return _check_hostname(v)
+
+
+# Section name -> (model of one item or of the whole value, is a list, description).
+_SPECS: dict[str, tuple[type[BaseModel] | None, bool, str]] = {
+    "hostname": (_Hostname, False, "the host name (default: the node's name)"),
+    "domain": (_Hostname, False, "the DNS domain (default: the subnet's)"),
+    "interfaces": (InterfaceConfig, True, "per-NIC addresses, routes and MTU"),
+    "accounts": (Account, True, "user accounts with SSH keys and groups (secret)"),
+    "mounts": (Mount, True, "file systems to mount"),
+    "hosts": (HostEntry, True, "extra /etc/hosts entries (the fleet's are added)"),
+    "routes": (Route, True, "static routes"),
+    "startup": (Startup, False, "the command to run once the node is configured"),
+    "files": (FileItem, True, "files to install (inline or URL + sha256)"),
+    "tarballs": (Tarball, True, "tarballs to unpack (URL + sha256)"),
+    "packages": (Package, True, "packages to install (URL + sha256)"),
+    "tunnels": (Tunnel, True, "tunnels to set up (secret: they carry keys)"),
+    "shaping": (Shaping, True, "traffic shaping per interface"),
+    "attributes": (None, False, "free-form attributes (merged over the node's own)"),
+}
+
+SECTIONS: tuple[str, ...] = tuple(_SPECS)
+# Served only to requests that carry the node's per-boot token (like IMDSv2).
+SECRET_SECTIONS: frozenset[str] = frozenset({"accounts", "tunnels"})
+
+
+def describe() -> dict[str, str]:
+    """Section name -> one-line description, for `fleetboot config sections`."""
+    return {name: spec[2] for name, spec in _SPECS.items()}
+
+
+def _explain(where: str, exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if p != "value")
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return f"{where}: " + "; ".join(parts)
+
+
+def _validate_item(model: type[BaseModel], item: Any, where: str) -> dict[str, Any]:
+    try:
+        return _dump(model.model_validate(item))
+    except ValidationError as exc:
+        raise NodeConfigError(_explain(where, exc)) from None
+
+
+def validate_section(section: str, value: Any) -> Any:
+    """The normalised JSON value of ``section`` (defaults filled in, unknown keys refused)."""
+    if section not in _SPECS:
+        raise NodeConfigError(f"unknown section {section!r}; sections are: {', '.join(SECTIONS)}")
+    model, is_list, _ = _SPECS[section]
+    if model is None:
+        if not isinstance(value, dict):
+            raise NodeConfigError("section attributes must be a mapping of names to values")
+        return value
+    if model is _Hostname:
+        return _validate_item(_Hostname, {"value": value}, f"section {section}")["value"]
+    if not is_list:
+        return _validate_item(model, value, f"section {section}")
+    if not isinstance(value, list):
+        raise NodeConfigError(f"section {section} must be a list of entries")
+    return [_validate_item(model, item, f"section {section}, entry {i + 1}")
+            for i, item in enumerate(value)]
+
+
+def _dump(item: BaseModel) -> dict[str, Any]:
+    # None fields are left out so documents stay small and stable.
+    return item.model_dump(mode="json", exclude_none=True)

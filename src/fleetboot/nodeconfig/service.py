@@ -1,0 +1,302 @@
+"""The node-configuration service as the server runtime runs it.
+
+One object ties the parts together: the rendered documents, the per-boot
+tokens, the state machine over every node, the batching writer for states and
+timelines, and the HTTP routes. The runtime
+
+* starts and stops it (it is a ``fleetboot.server.runtime.Service``),
+* calls ``reload`` when the inventory revision moves (a reload hook),
+* hands ``sink`` to DHCP, TFTP and HTTP as their ``EventSink``,
+* passes ``cmdline_hook`` to the iPXE script renderer,
+* mounts ``routes()`` in the HTTP app, wraps the app with ``wrap`` and runs
+  uvicorn with ``http=http_protocol()`` (the fast path for the hottest route).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+from starlette.applications import Starlette
+from starlette.routing import BaseRoute
+from starlette.types import ASGIApp
+
+from fleetboot.inventory.db import Database
+from fleetboot.nodeconfig.documents import DocumentCache, View
+from fleetboot.nodeconfig.fastpath import ConfigFastPath, uvicorn_protocol
+from fleetboot.nodeconfig.render import NodeDocuments
+from fleetboot.nodeconfig.responder import ConfigResponder, Reply
+from fleetboot.nodeconfig.states import (
+    DEFAULT_TIMEOUTS,
+    NodeStatus,
+    State,
+    check_timeout,
+    classify,
+    step,
+)
+from fleetboot.nodeconfig.timeline import (
+    BatchWriter,
+    EventRecord,
+    Retention,
+    read_states,
+    read_tokens,
+)
+from fleetboot.nodeconfig.tokens import TokenRecord, TokenStore
+from fleetboot.server.directory import LeaseDirectory
+from fleetboot.server.events import BootEvent
+
+log = logging.getLogger("fleetboot.nodeconfig")
+
+CLIENT_PATH = "/v1/self/client.sh"
+
+
+class _HasId(Protocol):
+    id: int
+
+
+@dataclass
+class NodeConfigSettings:
+    """Tuning of the service; every default works for a lab."""
+
+    base_url: str = "http://127.0.0.1:8080"  # what nodes are told to reach
+    require_token: bool = False  # True: no document at all without the per-boot token
+    token_ttl_s: float = 7 * 86400.0
+    token_grace_s: float = 300.0  # the previous boot's token lives on this long
+    add_client_hook: bool = True  # put fleetboot.hook=<client URL> on the command line
+    fleet_hosts: bool = False  # add every reserved node to each document's hosts
+    timeouts: Mapping[State, float] = field(default_factory=lambda: dict(DEFAULT_TIMEOUTS))
+    retention: Retention = field(default_factory=Retention)
+    flush_interval_s: float = 0.25
+    pump_interval_s: float = 0.05
+    # Repeated fetches by one node within this window make one timeline event.
+    fetch_event_interval_s: float = 2.0
+    # Poll the inventory revision ourselves (standalone use; the runtime polls otherwise).
+    poll_revision_s: float | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Any, **overrides: Any) -> NodeConfigSettings:
+        """From ``fleetboot.config.Settings``: nodes reach us where the iPXE scripts say."""
+        http = settings.http
+        base = getattr(http, "public_url", None) or (
+            f"http://{settings.server_address}:{http.port}")
+        return cls(base_url=base.rstrip("/"), **overrides)
+
+
+class NodeConfigService:
+    name = "nodeconfig"
+
+    def __init__(self, db: Database, directory: LeaseDirectory,
+                 settings: NodeConfigSettings | None = None, *, admin_token: str | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.db = db
+        self.directory = directory
+        self.settings = settings or NodeConfigSettings()
+        self.admin_token = admin_token
+        self.clock = clock
+        s = self.settings
+        self.documents = DocumentCache(db, s.fleet_hosts)
+        self.tokens = TokenStore(s.token_ttl_s, s.token_grace_s)
+        self.writer = BatchWriter(db, s.retention, s.flush_interval_s)
+        self.responder = ConfigResponder(self.documents, self.tokens, directory, self._fetched,
+                                         clock, s.require_token)
+        self.statuses: dict[int, NodeStatus] = {}
+        self.counters: Counter[str] = Counter()
+        self.fetches = 0  # configuration requests answered (200 or 304)
+        self._pending: list[tuple[int | None, BootEvent]] = []
+        self._last_fetch: dict[int, list[Any]] = {}  # node id -> [at, status, repeats]
+        self._seq = itertools.count(int(clock() * 1_000_000))  # grows across restarts
+        self._token_lock = threading.Lock()  # the iPXE renderer may call from a thread
+        self._reload_lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._revision = -1
+        self._last_timeouts = 0.0
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.reload()
+        statuses, tokens = await asyncio.to_thread(self._read_saved)
+        self.statuses = {n: st for n, st in statuses.items() if n in self.view.by_id}
+        self.tokens.load(tokens)
+        await self.writer.start()
+        self._tasks.append(asyncio.create_task(self._pump(), name="nodeconfig-pump"))
+        if self.settings.poll_revision_s:
+            self._tasks.append(asyncio.create_task(self._poll(), name="nodeconfig-poll"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        self.process_pending()
+        await self.writer.stop()
+
+    def _read_saved(self) -> tuple[dict[int, NodeStatus], list[TokenRecord]]:
+        with self.db.session() as session:
+            return read_states(session), read_tokens(session, self.clock())
+
+    async def reload(self) -> None:
+        """Re-render every document (the runtime's reload hook)."""
+        async with self._reload_lock:
+            self._revision = await asyncio.to_thread(self.db.revision)
+            view = await asyncio.to_thread(self.documents.reload)
+        alive = set(view.by_id)
+        self.tokens.forget_nodes(alive)
+        for node_id in [n for n in self.statuses if n not in alive]:
+            del self.statuses[node_id]
+        log.info("rendered %d node documents in %.2f s", len(view.by_id), view.render_s)
+
+    @property
+    def view(self) -> View:
+        return self.documents.view
+
+    async def settle(self) -> None:
+        """Apply every queued event and write everything (tests, shutdown)."""
+        self.process_pending()
+        await self.writer.flush()
+
+    async def _pump(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.pump_interval_s)
+            try:
+                self.process_pending()
+            except Exception:  # one bad event must not stop the state machine
+                log.exception("processing boot events failed")
+
+    async def _poll(self) -> None:
+        interval = self.settings.poll_revision_s or 1.0
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                revision = await asyncio.to_thread(self.db.revision)
+            except Exception:
+                log.warning("cannot read the inventory revision; keeping the current documents")
+                continue
+            if revision != self._revision:
+                await self.reload()
+
+    # --- events in -----------------------------------------------------------------------
+
+    def sink(self, event: BootEvent) -> None:
+        """The ``EventSink`` for DHCP, TFTP and HTTP: appends, never blocks."""
+        self._pending.append((None, event))
+
+    def process_pending(self) -> None:
+        batch, self._pending = self._pending, []
+        for node_id, event in batch:
+            self._apply(node_id, event)
+        now = self.clock()
+        if now - self._last_timeouts >= 1.0:
+            self._last_timeouts = now
+            self.check_timeouts(now)
+
+    def _node_for(self, event: BootEvent) -> int | None:
+        view = self.view
+        mac = event.mac
+        if mac is None and event.address:
+            mac = self.directory.mac_for_address(event.address)
+        docs = view.by_mac.get(mac) if mac else None
+        return docs.node_id if docs else None
+
+    def _apply(self, node_id: int | None, event: BootEvent) -> None:
+        node_id = node_id if node_id is not None else self._node_for(event)
+        if node_id is None or node_id not in self.view.by_id:
+            self.counters["events_unknown_node"] += 1
+            return
+        old = self.statuses.get(node_id, NodeStatus())
+        signal = classify(event)
+        new = step(old, signal, event.at) if signal else old
+        if event.address and event.address != new.address:
+            new = replace(new, address=event.address)
+        if new != old:
+            self.statuses[node_id] = new
+            self.writer.state(node_id, new)
+        self.counters[f"events_{event.source}"] += 1
+        self.writer.event(EventRecord(node_id, new.boot, event.at, next(self._seq), event.source,
+                                      event.kind, event.mac, event.address, new.state.value,
+                                      dict(event.detail)))
+
+    def check_timeouts(self, now: float) -> list[int]:
+        """Flag nodes past their state's timeout; returns the newly flagged node ids."""
+        flagged = []
+        for node_id, st in list(self.statuses.items()):
+            stuck = check_timeout(st, now, self.settings.timeouts)
+            if stuck is None:
+                continue
+            self.statuses[node_id] = stuck
+            self.writer.state(node_id, stuck)
+            self.writer.event(EventRecord(
+                node_id, stuck.boot, now, next(self._seq), "fleetboot", "timeout", None,
+                stuck.address, stuck.state.value,
+                {"state": st.state.value, "after_s": round(now - st.since, 1),
+                 "timeout_s": self.settings.timeouts.get(st.state)}))
+            flagged.append(node_id)
+        return flagged
+
+    def _fetched(self, docs: NodeDocuments, address: str, reply: Reply, section: str) -> None:
+        # The hot path's only bookkeeping: one event per node per window, repeats counted.
+        self.fetches += 1
+        now = self.clock()
+        last = self._last_fetch.get(docs.node_id)
+        if (last is not None and now - last[0] < self.settings.fetch_event_interval_s
+                and last[1] == reply.status):
+            last[2] += 1
+            return
+        repeats = last[2] if last is not None else 0
+        self._last_fetch[docs.node_id] = [now, reply.status, 0]
+        detail: dict[str, Any] = {"status": reply.status, "section": section or "*",
+                                  "bytes": len(reply.body), "etag": reply.etag}
+        if repeats:
+            detail["repeats_before"] = repeats
+        self._pending.append((docs.node_id, BootEvent(now, "config", "config", None, address,
+                                                      detail)))
+
+    def report(self, node_id: int, address: str, state: str, message: str,
+               source: str = "node") -> None:
+        """A state reported by a node (``POST /v1/self/state``) or set by an operator."""
+        event = BootEvent(self.clock(), source, "state", None, address or None,
+                          {"state": state, "message": message})
+        self._pending.append((node_id, event))
+
+    # --- the iPXE script's kernel command line -------------------------------------------
+
+    def cmdline_hook(self, node: _HasId | None, mac: str | None, address: str) -> str:
+        """Kernel arguments for a node's next boot: the config URL and a new per-boot token."""
+        if node is None:
+            return ""
+        with self._token_lock:
+            raw, changes = self.tokens.issue(node.id, self.clock(), mac, address)
+        self.writer.tokens(changes)
+        base = self.settings.base_url.rstrip("/")
+        args = [f"fleetboot.url={base}", f"fleetboot.token={raw}"]
+        if self.settings.add_client_hook:
+            args.append(f"fleetboot.hook={base}{CLIENT_PATH}")
+        return " ".join(args)
+
+    # --- HTTP ----------------------------------------------------------------------------
+
+    def routes(self) -> list[BaseRoute]:
+        from fleetboot.nodeconfig.api import NodeConfigApi
+
+        return NodeConfigApi(self).routes()
+
+    def wrap(self, app: ASGIApp) -> ASGIApp:
+        """The ASGI fast path in front of an app (for servers other than uvicorn+httptools)."""
+        return ConfigFastPath(app, self.responder)
+
+    def http_protocol(self) -> type[asyncio.Protocol] | str:
+        """``uvicorn.Config(http=...)``: answers the configuration GET below ASGI."""
+        return uvicorn_protocol(self.responder)
+
+    def asgi_app(self) -> ASGIApp:
+        """A standalone app with only this service's routes (tests, benchmarks)."""
+        return self.wrap(Starlette(routes=self.routes()))

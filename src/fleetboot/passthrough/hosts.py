@@ -1,0 +1,293 @@
+"""Hosts and their PCI devices in the inventory: scans, rescans, operator tags.
+
+A rescan adds new devices, marks vanished ones absent (never deletes them, so
+claims and tags survive a flapping device), updates what changed, and flags a
+conflict on any device that is claimed but vanished or turned into something
+else. Every write to a host's devices starts with :func:`lock_host`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from fleetboot.inventory.db import Database
+from fleetboot.passthrough import sysfs
+from fleetboot.passthrough.errors import HostError
+from fleetboot.passthrough.flavors import (
+    DeviceAttrs,
+    Flavor,
+    freeze_tags,
+    matching_flavors,
+    validate_name,
+    validate_tag,
+)
+from fleetboot.passthrough.models import (
+    IN_USE,
+    DeviceState,
+    PassthroughClaim,
+    PassthroughDevice,
+    PassthroughHost,
+)
+from fleetboot.passthrough.pci import normalize_address
+from fleetboot.passthrough.placement import USABLE, Candidate, attach_kind
+
+ABSENT = "absent"
+BLOCKED = "blocked (its PF or a VF is in use)"
+
+
+def _now() -> datetime:
+    return datetime.now().astimezone()
+
+
+def lock_host(session: Session, host_id: int) -> None:
+    """Take the host's row lock for the rest of the transaction.
+
+    Claims, releases and rescans of one host run one at a time, so each sees the
+    others' committed results. Take host locks before any ORM flush and, for
+    several hosts, in id order: that keeps lock order fixed (no deadlocks).
+    """
+    session.execute(
+        update(PassthroughHost)
+        .where(PassthroughHost.id == host_id)
+        .values(generation=PassthroughHost.generation + 1)
+    )
+
+
+def get_host(session: Session, name: str) -> PassthroughHost:
+    host = session.scalar(select(PassthroughHost).where(PassthroughHost.name == name))
+    if host is None:
+        raise HostError(f"unknown host {name!r}; register it with `fleetboot host scan {name}`")
+    return host
+
+
+def list_hosts(session: Session) -> list[PassthroughHost]:
+    return list(session.scalars(select(PassthroughHost).order_by(PassthroughHost.name)))
+
+
+# ---------------------------------------------------------------- scanning
+
+
+@dataclass
+class ScanReport:
+    host: str
+    devices: int = 0
+    new_host: bool = False
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    returned: list[str] = field(default_factory=list)
+    vanished: list[str] = field(default_factory=list)
+    conflicts: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+_IDENTITY = ("vendor_id", "product_id", "class_code")
+_FACTS = (
+    *_IDENTITY, "subsystem_vendor_id", "subsystem_device_id", "driver", "numa_node",
+    "iommu_group", "device_type", "pf_address", "sriov_totalvfs", "sriov_numvfs", "netdevs",
+)
+
+
+def _facts(dev: sysfs.PciDevice) -> dict[str, object]:
+    return {
+        "vendor_id": dev.vendor_id, "product_id": dev.product_id, "class_code": dev.class_code,
+        "subsystem_vendor_id": dev.subsystem_vendor_id,
+        "subsystem_device_id": dev.subsystem_device_id, "driver": dev.driver,
+        "numa_node": dev.numa_node, "iommu_group": dev.iommu_group,
+        "device_type": dev.device_type, "pf_address": dev.physfn,
+        "sriov_totalvfs": dev.sriov_totalvfs, "sriov_numvfs": dev.sriov_numvfs,
+        "netdevs": list(dev.netdevs),
+    }
+
+
+def scan_host(
+    db: Database, name: str, root: str | os.PathLike[str] = "/sys", now: datetime | None = None
+) -> ScanReport:
+    """Read ``root`` (outside any transaction) and record it as host ``name``."""
+    validate_name(name, "host")
+    result = sysfs.scan(root)
+    with db.session() as session:
+        return record_scan(session, name, result, now or _now())
+
+
+def record_scan(
+    session: Session, name: str, result: sysfs.ScanResult, now: datetime
+) -> ScanReport:
+    host = session.scalar(select(PassthroughHost).where(PassthroughHost.name == name))
+    new_host = host is None
+    if host is None:
+        host = PassthroughHost(name=name, sysfs_root=result.root)
+        session.add(host)
+        session.flush()
+    lock_host(session, host.id)
+    session.refresh(host)
+    report = ScanReport(name, devices=len(result.devices), new_host=new_host,
+                        problems=list(result.problems))
+    rows = {d.address: d for d in host.devices}
+    seen = set()
+    for dev in result.devices:
+        seen.add(dev.address)
+        row = rows.get(dev.address)
+        if row is None:
+            host.devices.append(PassthroughDevice(address=dev.address, **_facts(dev),
+                                                  first_seen=now, last_seen=now))
+            report.added.append(dev.address)
+        else:
+            _update_row(row, dev, now, report)
+    for address, row in sorted(rows.items()):
+        if address not in seen and row.present:
+            row.present = False
+            report.vanished.append(address)
+            if row.state in IN_USE:
+                row.conflict = f"claimed device vanished from the host (scan at {now:%F %T})"
+                report.conflicts.append(f"{address}: {row.conflict}")
+    host.sysfs_root = result.root
+    host.scanned_at = now
+    session.flush()
+    refresh_exclusion(session, host.id)
+    return report
+
+
+def _update_row(row: PassthroughDevice, dev: sysfs.PciDevice, now: datetime,
+                report: ScanReport) -> None:
+    facts = _facts(dev)
+    changed = [k for k in _FACTS if getattr(row, k) != facts[k]]
+    if not row.present:
+        report.returned.append(dev.address)
+    elif changed:
+        report.updated.append(f"{dev.address}: {', '.join(changed)}")
+    if row.state in IN_USE and any(k in changed for k in _IDENTITY):
+        row.conflict = (f"claimed device changed identity: was {row.vendor_id}:{row.product_id}"
+                        f" class {row.class_code}, now {dev.vendor_id}:{dev.product_id} "
+                        f"class {dev.class_code}")
+        report.conflicts.append(f"{dev.address}: {row.conflict}")
+    elif row.present is False and row.state in IN_USE and row.conflict:
+        row.conflict = None  # it came back as the same device: the claim holds again
+    for key in changed:
+        setattr(row, key, facts[key])
+    row.present = True
+    row.last_seen = now
+
+
+def refresh_exclusion(session: Session, host_id: int) -> None:
+    """Re-derive ``unavailable``: a PF with a VF in use, a VF whose PF is in use.
+
+    Idempotent; call it under the host lock after anything that changes use.
+    """
+    rows = session.execute(
+        select(PassthroughDevice.id, PassthroughDevice.address, PassthroughDevice.pf_address,
+               PassthroughDevice.state).where(PassthroughDevice.host_id == host_id)
+    ).all()
+    in_use = {r.address for r in rows if r.state in IN_USE}
+    pfs_with_vfs_in_use = {r.pf_address for r in rows if r.pf_address and r.address in in_use}
+    blocked: list[int] = []
+    free: list[int] = []
+    for r in rows:
+        if r.state in IN_USE:
+            continue
+        is_blocked = r.address in pfs_with_vfs_in_use or (r.pf_address in in_use)
+        wanted = DeviceState.UNAVAILABLE if is_blocked else DeviceState.AVAILABLE
+        if r.state != wanted:
+            (blocked if is_blocked else free).append(r.id)
+    for ids, state in ((blocked, DeviceState.UNAVAILABLE), (free, DeviceState.AVAILABLE)):
+        if ids:
+            session.execute(
+                update(PassthroughDevice)
+                .where(PassthroughDevice.id.in_(ids), PassthroughDevice.state.not_in(IN_USE))
+                .values(state=state)
+                .execution_options(synchronize_session="fetch")
+            )
+
+
+# ---------------------------------------------------------------- tags
+
+
+def set_tags(
+    db: Database, host: str, address: str, tags: Mapping[str, str] | None = None,
+    remove: Iterable[str] = (),
+) -> dict[str, str]:
+    """Set/remove operator tags on one device (a PF's tags apply to its VFs too)."""
+    address = normalize_address(address)
+    with db.session() as session:
+        row = get_device(session, get_host(session, host), address)
+        new = dict(row.tags)
+        for key in remove:
+            if new.pop(key, None) is None:
+                raise HostError(f"{host} {address} has no tag {key!r}")
+        new.update(dict(validate_tag(k, v) for k, v in (tags or {}).items()))
+        row.tags = new  # a new dict: JSON columns do not track in-place changes
+        return new
+
+
+def get_device(session: Session, host: PassthroughHost, address: str) -> PassthroughDevice:
+    row = session.scalar(select(PassthroughDevice).where(
+        PassthroughDevice.host_id == host.id, PassthroughDevice.address == address))
+    if row is None:
+        raise HostError(f"host {host.name} has no PCI device {address}; "
+                        f"see `fleetboot host devices {host.name}`")
+    return row
+
+
+# ---------------------------------------------------------------- views
+
+
+def device_attrs(row: PassthroughDevice, pf: PassthroughDevice | None) -> DeviceAttrs:
+    tags = {**(pf.tags if pf is not None else {}), **row.tags}
+    return DeviceAttrs(
+        address=row.address, vendor_id=row.vendor_id, product_id=row.product_id,
+        class_code=row.class_code, device_type=row.device_type, driver=row.driver,
+        subsystem_vendor_id=row.subsystem_vendor_id,
+        subsystem_device_id=row.subsystem_device_id, tags=freeze_tags(tags),
+    )
+
+
+def status(row: PassthroughDevice) -> str:
+    """``usable`` or why not, in the words shown to users."""
+    if not row.present:
+        return ABSENT
+    if row.state == DeviceState.UNAVAILABLE:
+        return BLOCKED
+    if row.state in IN_USE:
+        return row.state.value
+    return USABLE
+
+
+@dataclass(frozen=True)
+class DeviceView:
+    row: PassthroughDevice
+    attrs: DeviceAttrs
+    kind: str
+    flavors: frozenset[str]
+    status: str
+    instance_uuid: str | None = None
+
+    def candidate(self) -> Candidate:
+        r = self.row
+        return Candidate(id=r.id, address=r.address, flavors=self.flavors, kind=self.kind,
+                         numa_node=r.numa_node, pf_address=r.pf_address,
+                         is_pf=r.device_type == "pf", status=self.status)
+
+
+def device_views(
+    session: Session, host: PassthroughHost, flavors: Sequence[Flavor]
+) -> list[DeviceView]:
+    rows = list(session.scalars(select(PassthroughDevice)
+                                .where(PassthroughDevice.host_id == host.id)
+                                .order_by(PassthroughDevice.address)))
+    by_address = {r.address: r for r in rows}
+    owners = {row.device_id: row.instance_uuid for row in session.execute(
+        select(PassthroughClaim.device_id, PassthroughClaim.instance_uuid)
+        .join(PassthroughDevice).where(PassthroughDevice.host_id == host.id))}
+    views = []
+    for row in rows:
+        attrs = device_attrs(row, by_address.get(row.pf_address or ""))
+        views.append(DeviceView(row, attrs, attach_kind(row.device_type, row.class_code,
+                                                        row.netdevs),
+                                matching_flavors(attrs, flavors), status(row),
+                                owners.get(row.id)))
+    return views

@@ -1,0 +1,85 @@
+"""Passthrough devices as the VM layout sees them: ``vfio-pci,host=...`` specs.
+
+The VM planner (fleetboot.vm) owns guest PCI slots and has a pool for
+passthrough devices; this module says *which* host devices an instance gets
+there. Only devices handed over by vfio count: plain hostdevs and SR-IOV VFs
+behind a hostdev network. macvtap ports are NICs of the guest, not vfio.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from fleetboot.inventory.db import Database
+from fleetboot.passthrough.claims import instance_devices
+from fleetboot.passthrough.errors import PassthroughError
+from fleetboot.passthrough.placement import is_vfio
+from fleetboot.vm import planner
+
+
+@dataclass(frozen=True)
+class VfioDevice:
+    """One host PCI function for the guest; ``port`` is stable for the instance's life."""
+
+    port: int
+    host_address: str
+    kind: str
+
+    @property
+    def device_id(self) -> str:
+        # Derived from the port, not the host address, so it survives migration.
+        return f"hostdev{self.port}"
+
+    def qemu_device(self, bus: str | None = None, addr: str | None = None) -> str:
+        """The ``-device``/``device_add`` string; ``bus``/``addr`` from the VM planner."""
+        parts = ["vfio-pci", f"host={self.host_address}", f"id={self.device_id}"]
+        if bus is not None:
+            parts.append(f"bus={bus}")
+        if addr is not None:
+            parts.append(f"addr={addr}")
+        return ",".join(parts)
+
+
+def vfio_devices(db: Database, instance_uuid: str) -> list[VfioDevice]:
+    """The instance's vfio devices in port order (claimed or allocated, not incoming)."""
+    return [VfioDevice(d.port, d.address, d.kind)
+            for d in instance_devices(db, instance_uuid) if is_vfio(d.kind)]
+
+
+# ---------------------------------------------------------------- the VM planner's pool
+
+_OWNED_ID = re.compile(r"^hostdev\d+$")
+
+
+def place_in_layout(layout: planner.Layout, devices: Sequence[VfioDevice]) -> planner.Layout:
+    """Give each vfio device a slot of the layout's passthrough pool (pure).
+
+    Devices already placed keep their slot (the id is port-based, so a migration
+    to an equivalent host device changes nothing); placements of ports the
+    instance no longer holds are released. A full pool raises the planner's
+    ``PoolFullError`` before QEMU is touched.
+    """
+    wanted = {d.device_id for d in devices}
+    for placement in layout.placements:
+        if (placement.kind is planner.Kind.PASSTHROUGH and _OWNED_ID.match(placement.device)
+                and placement.device not in wanted):
+            layout = planner.remove(layout, placement.device)
+    for dev in sorted(devices, key=lambda d: d.port):
+        if layout.find(dev.device_id) is None:
+            layout = planner.add(layout, planner.DeviceRequest(dev.device_id,
+                                                               planner.Kind.PASSTHROUGH))
+    return layout
+
+
+def device_args(layout: planner.Layout, devices: Sequence[VfioDevice]) -> list[str]:
+    """``-device`` values for the vfio devices at their planned guest addresses."""
+    args = []
+    for dev in sorted(devices, key=lambda d: d.port):
+        addr = layout.address_of(dev.device_id) if layout.find(dev.device_id) else None
+        if addr is None:
+            raise PassthroughError(f"{dev.device_id} ({dev.host_address}) has no slot in the "
+                                   "VM layout; place it with place_in_layout first")
+        args.append(dev.qemu_device(bus=addr.bus, addr=addr.qemu))
+    return args

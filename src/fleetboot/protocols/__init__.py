@@ -1,0 +1,1 @@
+"""Protocol cores: codecs and state machines, no I/O."""

@@ -1,0 +1,355 @@
+"""Sending boot files over HTTP: Range, HEAD, exact Content-Length, and sendfile(2).
+
+Three parts:
+
+* :func:`parse_range`: the pure Range/If-Range logic (RFC 9110 section 14).
+  One range is served as 206; several ranges are answered with the whole file
+  (200), which the RFC allows and every boot client handles.
+* :class:`BootFileResponse`: an ASGI response for a :class:`BootFile` that
+  reports how the transfer ended (bytes, duration) when it is complete.
+* :class:`ZeroCopyHttpToolsProtocol`: uvicorn's httptools protocol plus the
+  ASGI *zero-copy send* extension (``http.response.zerocopysend``). uvicorn
+  itself has no sendfile: every body byte is read into Python and written to
+  the socket. With this protocol a static file's bytes go from the page cache
+  to the socket through ``loop.sendfile`` (``os.sendfile`` on asyncio's
+  selector loop); uvloop has no ``loop.sendfile``, so there the extension is not
+  offered and responses stream through the shared chunk cache instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import mimetypes
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.utils import formatdate
+from typing import Any
+
+import anyio
+from starlette.background import BackgroundTask
+from starlette.datastructures import Headers
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
+
+from fleetboot.boot.files import BootFile, DiskBootFile
+
+log = logging.getLogger(__name__)
+
+ZEROCOPY = "http.response.zerocopysend"
+STREAM_CHUNK = 1 << 20  # matches the chunk cache, so each piece is one cached chunk
+
+_RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
+
+
+class ClientDisconnected(OSError):
+    """The zero-copy send found the connection closed (ASGI 2.4's OSError on send)."""
+
+
+class RangeNotSatisfiable(Exception):
+    """416: the range lies wholly past the end of the file."""
+
+
+@dataclass(frozen=True)
+class ByteRange:
+    start: int
+    end: int  # exclusive
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start
+
+    def content_range(self, size: int) -> str:
+        return f"bytes {self.start}-{self.end - 1}/{size}"
+
+
+def parse_range(header: str | None, size: int) -> ByteRange | None:
+    """The one byte range asked for, or None for "send the whole file". Pure.
+
+    Malformed headers and multi-range requests are ignored (the RFC lets a
+    server ignore Range); a syntactically valid range that starts at or past
+    the end raises :class:`RangeNotSatisfiable`.
+    """
+    if header is None or "," in header:
+        return None
+    match = _RANGE.match(header)
+    if match is None:
+        return None
+    first, last = match.group(1), match.group(2)
+    if not first and not last:
+        return None
+    if not first:  # suffix range: the last N bytes
+        suffix = int(last)
+        if suffix == 0 or size == 0:
+            raise RangeNotSatisfiable
+        return ByteRange(max(0, size - suffix), size)
+    start = int(first)
+    end = size if not last else int(last) + 1
+    if last and end <= start:
+        return None  # last < first: invalid, so ignored
+    if start >= size:
+        raise RangeNotSatisfiable
+    return ByteRange(start, min(end, size))
+
+
+def if_range_matches(if_range: str | None, etag: str, last_modified: str) -> bool:
+    """If-Range: serve the range only while the file is the one the client has."""
+    if if_range is None:
+        return True
+    if if_range.startswith("W/"):
+        return False  # weak validators never match (RFC 9110 13.1.5)
+    return if_range in (etag, last_modified)
+
+
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    if if_none_match is None:
+        return False
+    tags = [t.strip().removeprefix("W/") for t in if_none_match.split(",")]
+    return "*" in tags or etag in tags
+
+
+@dataclass
+class Transfer:
+    """How a response ended, handed to the ``on_done`` callback."""
+
+    status: int
+    size: int  # the whole file
+    length: int  # the body promised by Content-Length (0 for HEAD)
+    sent: int | None  # body bytes handed to the socket; None if unknown
+    complete: bool
+    duration_s: float
+    byte_range: ByteRange | None
+    zero_copy: bool
+
+
+OnDone = Callable[[Transfer], None]
+
+
+@dataclass
+class _Progress:
+    sent: int = 0
+    finished: bool = False  # the last body byte was handed to the server
+    disconnected: bool = False
+
+
+async def _watch_disconnect(receive: Receive, progress: _Progress,
+                            scope: anyio.CancelScope) -> None:
+    """uvicorn speaks ASGI 2.3: a vanished client shows only in receive(), not in
+    send(); stop reading the file for nobody."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    if not progress.finished:
+        progress.disconnected = True
+        scope.cancel()
+
+
+class BootFileResponse(Response):
+    """Serve a :class:`BootFile`; see the module docstring."""
+
+    def __init__(self, file: BootFile, *, started: float, on_done: OnDone | None = None,
+                 media_type: str | None = None, zero_copy: bool = True,
+                 extra_headers: dict[str, str] | None = None) -> None:
+        self.file = file
+        self.started = started
+        self.on_done = on_done
+        self.zero_copy = zero_copy
+        self.status_code = 200
+        self.media_type = media_type or mimetypes.guess_type(file.name)[0] \
+            or "application/octet-stream"
+        self.background: BackgroundTask | None = None
+        self.body = b""
+        self.init_headers(extra_headers)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Headers(scope=scope)
+        head = scope["method"] == "HEAD"
+        size = self.file.size
+        last_modified = formatdate(self.file.mtime, usegmt=True)
+        headers: dict[str, str] = {"accept-ranges": "bytes", "etag": self.file.etag,
+                                   "last-modified": last_modified}
+        if etag_matches(request.get("if-none-match"), self.file.etag):
+            await self._finish(send, 304, headers, None, size, head=True)
+            return
+        try:
+            rng = parse_range(request.get("range"), size) if if_range_matches(
+                request.get("if-range"), self.file.etag, last_modified) else None
+        except RangeNotSatisfiable:
+            headers["content-range"] = f"bytes */{size}"
+            await self._finish(send, 416, headers, None, size, head=True, length=0)
+            return
+        if rng is not None:
+            headers["content-range"] = rng.content_range(size)
+        length = rng.length if rng else size
+        status = 206 if rng else 200
+        if head or length == 0:
+            await self._finish(send, status, headers, rng, size, head=True, length=length)
+            return
+        await self._send_start(send, status, headers, length)
+        await self._send_body(scope, receive, send, rng or ByteRange(0, size), status)
+
+    def _raw_headers(self, headers: dict[str, str],
+                     length: int | None) -> list[tuple[bytes, bytes]]:
+        raw = [(b"content-type", (self.media_type or "").encode("latin-1"))]
+        if length is not None:
+            raw.append((b"content-length", str(length).encode()))
+        raw += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+        raw += [(k, v) for k, v in self.raw_headers if k not in (b"content-length",
+                                                                  b"content-type")]
+        return raw
+
+    async def _send_start(self, send: Send, status: int, headers: dict[str, str],
+                          length: int | None) -> None:
+        await send({"type": "http.response.start", "status": status,
+                    "headers": self._raw_headers(headers, length)})
+
+    async def _finish(self, send: Send, status: int, headers: dict[str, str],
+                      rng: ByteRange | None, size: int, *, head: bool,
+                      length: int | None = None) -> None:
+        """A response without body bytes: HEAD, 304, 416, or an empty file."""
+        await self._send_start(send, status, headers, length)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        self._report(Transfer(status, size, 0 if head else (length or 0), 0, True,
+                              time.monotonic() - self.started, rng, False))
+
+    async def _send_body(self, scope: Scope, receive: Receive, send: Send, rng: ByteRange,
+                         status: int) -> None:
+        zero_copy = (self.zero_copy and isinstance(self.file, DiskBootFile)
+                     and ZEROCOPY in scope.get("extensions", {}))
+        progress = _Progress()
+        async with anyio.create_task_group() as group:
+            group.start_soon(_watch_disconnect, receive, progress, group.cancel_scope)
+            try:
+                if zero_copy:
+                    await self._send_zero_copy(send, rng, progress)
+                else:
+                    await self._send_stream(send, rng, progress)
+            finally:
+                group.cancel_scope.cancel()
+        complete = progress.finished and not progress.disconnected
+        self._report(Transfer(status, self.file.size, rng.length,
+                              progress.sent if complete or not zero_copy else None, complete,
+                              time.monotonic() - self.started, rng, zero_copy))
+
+    async def _send_zero_copy(self, send: Send, rng: ByteRange, progress: _Progress) -> None:
+        assert isinstance(self.file, DiskBootFile)
+        # The descriptor belongs to the shared source; borrow it without closing it.
+        with io.FileIO(self.file.fd, "rb", closefd=False) as fileobj:
+            try:
+                await send({"type": ZEROCOPY, "file": fileobj, "offset": rng.start,
+                            "count": rng.length, "more_body": False})
+            except ClientDisconnected:
+                progress.disconnected = True
+                return
+        progress.sent = rng.length
+        progress.finished = True
+
+    async def _send_stream(self, send: Send, rng: ByteRange, progress: _Progress) -> None:
+        async for piece in self.file.iter_bytes(rng.start, rng.end, chunk=STREAM_CHUNK):
+            await send({"type": "http.response.body", "body": piece, "more_body": True})
+            progress.sent += len(piece)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        progress.finished = True
+
+    def _report(self, transfer: Transfer) -> None:
+        if self.on_done is None:
+            return
+        try:
+            self.on_done(transfer)
+        except Exception:  # a broken event sink must not break file serving
+            log.exception("HTTP transfer callback failed")
+
+
+# --- uvicorn: the zero-copy send extension ---------------------------------------------------
+
+
+@dataclass
+class ZeroCopyStats:
+    responses: int = 0
+    bytes: int = 0
+    fallbacks: int = 0  # loop.sendfile fell back to read+write (e.g. TLS)
+
+
+zero_copy_stats = ZeroCopyStats()
+
+
+def loop_has_native_sendfile(loop: asyncio.AbstractEventLoop) -> bool:
+    """asyncio's selector loop implements loop.sendfile with os.sendfile; uvloop does not."""
+    from asyncio.selector_events import BaseSelectorEventLoop
+
+    return isinstance(loop, BaseSelectorEventLoop)
+
+
+def _zero_copy_classes() -> tuple[type[Any], type[Any]] | None:
+    """Build the protocol subclasses, or None if this uvicorn's internals differ."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+    except ImportError:  # httptools not installed
+        return None
+    if not hasattr(HttpToolsProtocol, "_start_asgi_task"):
+        return None  # a uvicorn whose internals moved: serve without sendfile
+
+    class ZeroCopyCycle(RequestResponseCycle):
+        async def send(self, message: Any) -> None:
+            if message["type"] != ZEROCOPY:
+                await super().send(message)
+                return
+            await self._send_file(message)
+
+        async def _send_file(self, message: Message) -> None:
+            if not self.response_started or self.response_complete or self.chunked_encoding:
+                raise RuntimeError("zero-copy send needs a started response with Content-Length")
+            if self.flow.write_paused and not self.disconnected:
+                await self.flow.drain()
+            if self.disconnected:
+                raise ClientDisconnected("the client has gone")
+            offset, count = int(message.get("offset") or 0), int(message["count"])
+            if count > self.expected_content_length:
+                raise RuntimeError("Response content longer than Content-Length")
+            if self.scope["method"] != "HEAD" and count:
+                try:
+                    await _sendfile(self.transport, message["file"], offset, count)
+                except (ConnectionError, RuntimeError, OSError) as exc:
+                    # The peer went away (or the transport closed under us). ASGI 2.4
+                    # says: raise an OSError subclass, so the app knows it stopped short.
+                    self.disconnected = True
+                    self.transport.close()
+                    self.message_event.set()
+                    raise ClientDisconnected(f"client gone during sendfile: {exc}") from exc
+            self.expected_content_length -= count
+            # Let uvicorn's own code finish the response (keep-alive, pipelining).
+            await super().send({"type": "http.response.body", "body": b"",
+                                "more_body": bool(message.get("more_body", False))})
+
+    class ZeroCopyHttpToolsProtocol(HttpToolsProtocol):
+        def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+            if loop_has_native_sendfile(self.loop):
+                # uvicorn builds the cycle itself; give it the zero-copy send before
+                # the application runs (nothing has called send yet).
+                cycle.__class__ = ZeroCopyCycle
+                cycle.scope.setdefault("extensions", {})[ZEROCOPY] = {}
+            super()._start_asgi_task(cycle, app)
+
+    return ZeroCopyHttpToolsProtocol, ZeroCopyCycle
+
+
+async def _sendfile(transport: asyncio.BaseTransport, fileobj: Any, offset: int,
+                    count: int) -> None:
+    loop = asyncio.get_running_loop()
+    transport_ = transport  # type: Any  # loop.sendfile wants a WriteTransport
+    try:
+        sent = await loop.sendfile(transport_, fileobj, offset, count, fallback=False)
+    except asyncio.SendfileNotAvailableError:
+        # e.g. a TLS transport: asyncio copies through a buffer instead.
+        zero_copy_stats.fallbacks += 1
+        sent = await loop.sendfile(transport_, fileobj, offset, count, fallback=True)
+    if sent != count:
+        raise ConnectionError(f"sendfile sent {sent} of {count} bytes")
+    zero_copy_stats.responses += 1
+    zero_copy_stats.bytes += sent
+
+
+_classes = _zero_copy_classes()
+ZeroCopyHttpToolsProtocol: type[asyncio.Protocol] | None = _classes[0] if _classes else None

@@ -1,0 +1,91 @@
+"""The command line: host scan/devices/tag, flavor add/list/show/remove, vm claim...migrate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import typer
+from pt_helpers import INSTANCE
+from typer.testing import CliRunner
+
+from fleetboot.cli import common
+from fleetboot.cli.passthrough import flavor_app, host_app, vm_passthrough_app
+from fleetboot.passthrough.sysfs_builder import build_example_host
+
+app = typer.Typer()
+app.add_typer(host_app, name="host")
+app.add_typer(flavor_app, name="flavor")
+app.add_typer(vm_passthrough_app, name="vm")
+
+
+@pytest.fixture
+def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("FLEETBOOT_DB", f"sqlite:///{tmp_path}/cli.db")
+    # Wide consoles: assertions look for whole table cells and error lines.
+    for console in (common.console, common.err_console):
+        monkeypatch.setattr(console, "_width", 250)
+    runner = CliRunner()
+
+    def run(*args: str, code: int = 0) -> str:
+        result = runner.invoke(app, list(args))
+        assert result.exit_code == code, result.output
+        return result.output
+
+    for which in ("a", "b"):
+        build_example_host(tmp_path / which, which)
+    return run
+
+
+def test_end_to_end(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    out = cli("host", "scan", "compute-a", "--sysfs", str(tmp_path / "a"))
+    assert "13 devices; 13 added" in out
+    cli("host", "scan", "compute-b", "--sysfs", str(tmp_path / "b"))
+    assert "0 added" in cli("host", "scan", "compute-b", "--sysfs", str(tmp_path / "b"))
+    for host, pf in (("compute-a", "0000:3b:00.0"), ("compute-b", "0000:18:00.0")):
+        assert "physical_network=physnet1" in cli("host", "tag", host, pf,
+                                                  "physical_network=physnet1")
+    cli("host", "tag", "compute-b", "0000:d8:00.0", "physical_network=physnet1")
+    cli("flavor", "add", "gpu-a100", "--vendor", "10de", "--product", "20b0")
+    out = cli("flavor", "add", "sriov-physnet1", "--class", "02", "--type", "vf",
+              "--tag", "physical_network=physnet1")
+    assert "compute-a 4/4, compute-b 2/2" in out
+    cli("flavor", "add", "mlx-netdev", "--vendor", "15b3", "--driver", "mlx5_core")
+    out = cli("flavor", "add", "slot3b", "--address-glob", "0000:3b:*")
+    assert "rarely equivalent" in out
+    out = cli("flavor", "list")
+    assert "gpu-a100" in out and "type=vf physical_network=physnet1" in out
+    out = cli("host", "devices", "compute-a", "--flavor", "sriov-physnet1")
+    assert "VF of 0000:3b:00.0" in out and "0000:86:00.0" not in out
+    assert "slot3b" in cli("flavor", "show", "sriov-physnet1")  # "also in"
+
+    out = cli("vm", "claim", INSTANCE, "1 x sriov-physnet1, 1 x mlx-netdev", "--dry-run")
+    assert "fits compute-a" in out and "fits compute-b" in out
+    out = cli("vm", "claim", INSTANCE, "1 x sriov-physnet1", "1 x mlx-netdev", "--host",
+              "compute-a")
+    assert "0000:3b:02.0" in out and "0000:5e:00.0" in out
+    out = cli("vm", "attach", INSTANCE, "--xml")
+    assert f"network fb-{INSTANCE}-p0" in out and '<forward mode="hostdev"' in out
+    before = cli("vm", "pci-show", INSTANCE, "--xml")
+    assert "-device vfio-pci,host=0000:3b:02.0,id=hostdev0" in before
+    out = cli("vm", "pci-migrate", INSTANCE, "--to", "compute-b")
+    assert "port 0: compute-a 0000:3b:02.0 -> compute-b" in out and "XML unchanged" in out
+    after = cli("vm", "pci-show", INSTANCE, "--xml")
+    assert after.split("<domain")[1] == before.split("<domain")[1]
+    out = cli("flavor", "remove", "sriov-physnet1", code=2)
+    assert "in use by instance" in out
+    assert "released 2 device(s)" in cli("vm", "release", INSTANCE)
+    cli("flavor", "remove", "sriov-physnet1")
+    assert "compute-a" in cli("host", "list")
+
+
+def test_errors_are_one_line(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    out = cli("host", "scan", "h", "--sysfs", str(tmp_path / "nothing"), code=2)
+    assert "not a sysfs root" in out and "Traceback" not in out
+    assert "unknown host" in cli("host", "devices", "nope", code=2)
+    assert "no criteria" in cli("flavor", "add", "empty", code=2)
+    assert "not a hex id" in cli("flavor", "add", "x", "--vendor", "zz", code=2)
+    assert "unknown flavor(s) gpu" in cli("vm", "claim", INSTANCE, "1 x gpu", code=2)
+    assert "not an instance UUID" in cli("vm", "claim", "vm-1", "1 x gpu", code=2)
+    assert "is not like '2 x gpu-a100'" in cli("vm", "claim", INSTANCE, "2 x a b", code=2)
+    assert "--to HOST" in cli("vm", "pci-migrate", INSTANCE, code=2)

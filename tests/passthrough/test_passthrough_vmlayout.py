@@ -1,0 +1,91 @@
+"""Claimed devices in the VM layout's passthrough pool, and QEMU accepting the arguments."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+from pt_helpers import INSTANCE, Fleet
+
+from fleetboot.passthrough import claims, vmlayout
+from fleetboot.passthrough.flavors import parse_requests
+from fleetboot.passthrough.placement import HOSTDEV, NETWORK_HOSTDEV
+from fleetboot.passthrough.vmlayout import VfioDevice, device_args, place_in_layout
+from fleetboot.vm import planner
+from fleetboot.vm.errors import PoolFullError
+
+
+def _vfio(*ports: int) -> list[VfioDevice]:
+    return [VfioDevice(p, f"0000:3b:02.{p % 8}", NETWORK_HOSTDEV) for p in ports]
+
+
+def test_ports_keep_their_slots() -> None:
+    layout = place_in_layout(planner.new_layout("q35"), _vfio(0, 1, 2))
+    first = {f"hostdev{p}": layout.address_of(f"hostdev{p}") for p in (0, 1, 2)}
+    assert planner.pool_map(layout, planner.PoolName.PASSTHROUGH) == "PPP_____"
+    # Port 1 released, port 3 claimed: 0 and 2 stay, 3 takes the hole of the same pool.
+    layout = place_in_layout(layout, _vfio(0, 2, 3))
+    assert layout.address_of("hostdev0") == first["hostdev0"]
+    assert layout.address_of("hostdev2") == first["hostdev2"]
+    assert layout.find("hostdev1") is None
+    # A migration swaps host devices, not ports: nothing moves.
+    moved = [VfioDevice(d.port, "0000:18:02.0", d.kind) for d in _vfio(0, 2, 3)]
+    assert place_in_layout(layout, moved) == layout
+    bus = layout.slot(planner.PoolName.PASSTHROUGH, 0).addr.bus
+    expected = f"vfio-pci,host=0000:18:02.0,id=hostdev0,bus={bus},addr=0x0"
+    assert device_args(layout, moved)[0] == expected
+
+
+def test_devices_the_vm_layer_placed_are_left_alone() -> None:
+    layout = planner.add(planner.new_layout("pc"),
+                         planner.DeviceRequest("gpu-user", planner.Kind.PASSTHROUGH))
+    layout = place_in_layout(layout, _vfio(0))
+    assert layout.find("gpu-user") is not None
+    assert planner.pool_map(layout, planner.PoolName.PASSTHROUGH) == "PP__"
+
+
+def test_full_pool_is_an_error_before_qemu() -> None:
+    with pytest.raises(PoolFullError, match="passthrough pool is full"):
+        place_in_layout(planner.new_layout("pc"), _vfio(*range(5)))
+
+
+def test_unplaced_device_is_an_error() -> None:
+    with pytest.raises(Exception, match="no slot in the VM layout"):
+        device_args(planner.new_layout("q35"), _vfio(0))
+
+
+def test_from_claims(fleet: Fleet) -> None:
+    claims.claim(fleet.db, INSTANCE, parse_requests("1 x gpu-a100, 1 x mlx-netdev, "
+                                                    "1 x sriov-physnet1"), host="compute-a")
+    devices = vmlayout.vfio_devices(fleet.db, INSTANCE)
+    assert [(d.port, d.kind) for d in devices] == [(0, HOSTDEV), (2, NETWORK_HOSTDEV)]
+    layout = place_in_layout(planner.new_layout("q35"), devices)
+    assert [a.split(",")[1] for a in device_args(layout, devices)] == [
+        "host=0000:86:00.0", "host=0000:3b:02.0"]
+
+
+def _root_port_args(layout: planner.Layout) -> list[str]:
+    args = []
+    for rp in layout.root_ports:
+        multi = ",multifunction=on" if rp.multifunction else ""
+        args += ["-device", f"pcie-root-port,id={rp.id},chassis={rp.chassis},"
+                            f"bus={rp.addr.bus},addr={rp.addr.qemu}{multi}"]
+    return args
+
+
+@pytest.mark.qemu
+def test_qemu_accepts_the_arguments() -> None:
+    """QEMU parses and places the devices; only opening the (absent) host device fails."""
+    if shutil.which("qemu-system-x86_64") is None:
+        pytest.skip("qemu-system-x86 not installed")
+    devices = _vfio(0, 1)
+    layout = place_in_layout(planner.new_layout("q35"), devices)
+    argv = ["qemu-system-x86_64", "-machine", "q35,accel=tcg", "-nodefaults", "-display",
+            "none", "-S", *_root_port_args(layout)]
+    for arg in device_args(layout, devices):
+        argv += ["-device", arg]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode != 0
+    assert "vfio 0000:3b:02.0: no such host device" in proc.stderr or \
+        "/sys/bus/pci/devices/0000:3b:02.0: no such host device" in proc.stderr, proc.stderr
