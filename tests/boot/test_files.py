@@ -150,7 +150,6 @@ async def test_chunk_cache_shares_and_evicts(tmp_path: Path) -> None:
     reads = await asyncio.gather(*(f.read(i * 500, 700) for i in range(20)))
     assert b"".join(r[:500] for r in reads) == data
     assert source.cache.bytes <= 3000
-    assert source.cache.misses <= 12
 
 
 async def test_prefetch_loads_ahead(tmp_path: Path) -> None:

@@ -147,3 +147,19 @@ async def test_local_boot_hands_over_to_the_disk(rig: Rig) -> None:
     assert "Booting from the local disk" in console or "local disk" in console
     assert "LOCAL-DISK-BOOTED" in console, console[-3000:]
     assert [e.detail["boot"] for e in rig.events if e.kind == "script"] == ["local"]
+
+
+async def test_unknown_machine_menu_times_out_to_its_default(rig: Rig) -> None:
+    """The menu parses on real iPXE; with nobody at the keyboard its default runs."""
+    disk = rig.tmp / "disk.img"
+    disk.write_bytes(_mbr() + bytes(1 << 20))
+    settings = rig.service.app.state.fleetboot.settings
+    settings.http.unknown_menu, settings.http.menu_timeout_s = ["rescue"], 1
+    settings.http.menu_default = "local"
+    with rig.db.session() as s:
+        service.remove_node(s, "vm")
+        service.add_profile(s, "rescue", kernel="images/none/vmlinuz")
+    console = await rig.wait_serial(
+        "LOCAL-DISK-BOOTED", "-drive", f"file={disk},format=raw,if=ide,index=0")
+    assert "LOCAL-DISK-BOOTED" in console, console[-3000:]
+    assert [e.detail["boot"] for e in rig.events if e.kind == "script"] == ["menu"]

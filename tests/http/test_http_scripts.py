@@ -174,3 +174,22 @@ async def test_one_shot_race_between_two_servers(make_boot: Callable[..., Boot])
         assert len(got_rescue) == 1 and got_rescue[0].consumed
         assert {r.profile for r in results} == {"rescue", "deb"}
         second.invalidate()
+
+
+async def test_the_script_in_the_shared_source_for_tftp(make_boot: Callable[..., Boot]) -> None:
+    from httpboot_helpers import A_NIC2
+
+    from fleetboot.boot.files import BootPathRefused, RequestContext
+
+    boot = make_boot()
+    source = boot.app.state.fleetboot.source
+    opened = await source.open("script.ipxe", RequestContext(A_IP, A_MAC, "tftp"))
+    assert b"node a" in await opened.read(0, opened.size)
+    try:
+        await source.open("script.ipxe", RequestContext(A_NIC2_IP, A_NIC2, "tftp"))
+    except BootPathRefused as exc:
+        assert "not the boot interface" in str(exc)
+    else:
+        raise AssertionError("a non-boot NIC got a script")
+    async with boot.client(A_NIC2_IP) as client:
+        assert (await client.get("/boot/files/script.ipxe")).status_code == 403

@@ -7,12 +7,12 @@ on the right NIC and runs its hook; BIOS iPXE and UEFI VMs send PXE DHCP.
 
 from __future__ import annotations
 
+import gzip
+import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-
-from fleetboot.lab import guest, qemu
-from fleetboot.lab.netns import Lab
 from labvm_helpers import (
     IPXE_EFI,
     chain_dnsmasq_options,
@@ -22,10 +22,14 @@ from labvm_helpers import (
     write_chain_files,
 )
 
+from fleetboot.lab import guest, qemu
+from fleetboot.lab.netns import Lab
+
 pytestmark = [pytest.mark.qemu, pytest.mark.netns]
 
 HOOK = b"""#!/bin/sh
-echo "HOOK-SAW ip=$FLEETBOOT_IP mac=$FLEETBOOT_MAC token=$FLEETBOOT_TOKEN server=$FLEETBOOT_SERVER"
+lease="ip=$FLEETBOOT_IP mac=$FLEETBOOT_MAC dhcp=$FLEETBOOT_DHCP_SERVER"
+echo "HOOK-SAW $lease token=$FLEETBOOT_TOKEN"
 /usr/bin/lab-hello
 exit 3
 """
@@ -62,9 +66,10 @@ def test_direct_boot_gets_lease_runs_hook_and_powers_off(
     assert lease.mac == mac and lease.iface == "eth0" and lease.server == bridged_lab.server_ip
     assert lease.ip.startswith("10.77.0.") and lease.router == bridged_lab.server_ip
     text = vm.serial_text()
-    assert f"HOOK-SAW ip={lease.ip} mac={mac} token=t0k3n server={bridged_lab.server_ip}" in text
-    steps = ["FLEETBOOT-INIT start", "FLEETBOOT-INIT nic", "FLEETBOOT-LEASE", "FLEETBOOT-HOOK start",
-             "HELLO-FROM-BAKED-IN-FILE", "FLEETBOOT-HOOK end rc=3", "FLEETBOOT-INIT end"]
+    assert f"HOOK-SAW ip={lease.ip} mac={mac} dhcp={bridged_lab.server_ip} token=t0k3n" in text
+    steps = ["FLEETBOOT-INIT start", "FLEETBOOT-INIT nic", "FLEETBOOT-LEASE",
+             "FLEETBOOT-HOOK start", "HELLO-FROM-BAKED-IN-FILE", "FLEETBOOT-HOOK end rc=3",
+             "FLEETBOOT-INIT end"]
     positions = order_of(text, steps)
     assert -1 not in positions and positions == sorted(positions), text
     assert "FLEETBOOT-ERROR" not in text
@@ -170,3 +175,29 @@ def test_whole_chain_through_a_classic_pxe_stack(
     assert "GET /vmlinuz" in http.text() and "GET /initrd.img" in http.text()
     if firmware == "uefi":
         assert "sent" in dnsmasq.text() and "ipxe.efi" in dnsmasq.text()
+
+
+def test_initramfs_images_are_shared_by_content(cloud_kernel: guest.GuestKernel) -> None:
+    extra = [guest.ExtraFile("/usr/bin/lab-hello", HELLO)]
+    with ThreadPoolExecutor(4) as pool:  # concurrent builders of one image never clash
+        paths = set(pool.map(lambda _: guest.build_initramfs(cloud_kernel, extra_files=extra),
+                             range(4)))
+    assert len(paths) == 1
+    assert guest.build_initramfs(cloud_kernel) not in paths
+    entries = guest.parse_cpio_newc(gzip.decompress(paths.pop().read_bytes()))
+    names = {e.path for e in entries}
+    assert {"/init", "/bin/busybox", "/usr/bin/lab-hello", "/lib/modules/virtio_net.ko"} <= names
+
+
+@pytest.mark.slow
+def test_kernel_cache_adds_modules_without_rewriting(tmp_path: Path) -> None:
+    if shutil.which("apt-get") is None:
+        pytest.skip("needs apt-get")
+    first = guest.fetch_guest_kernel("cloud", cache=tmp_path, modules=("virtio_net",))
+    inode = first.modules["virtio_net"].stat().st_ino
+    second = guest.fetch_guest_kernel("cloud", cache=tmp_path, modules=("virtio_blk",))
+    assert {"virtio_net", "virtio_blk"} <= set(second.modules)
+    assert second.modules["virtio_net"].stat().st_ino == inode
+    assert guest.fetch_guest_kernel("cloud", cache=tmp_path, modules=("virtio_net",)) == second
+    order = second.load_order(["virtio_net"])
+    assert order.index("virtio_ring") < order.index("virtio") < order.index("virtio_net")

@@ -9,14 +9,13 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
+from nodeconfig_helpers import Fleet, make_fleet, node_ref, token_of
 
 from fleetboot.inventory.db import Database
 from fleetboot.nodeconfig.service import NodeConfigService, NodeConfigSettings
 from fleetboot.nodeconfig.states import State
 from fleetboot.nodeconfig.timeline import read_timeline
 from fleetboot.server.events import BootEvent
-
-from nodeconfig_helpers import Fleet, make_fleet, node_ref, token_of
 
 ADMIN = {"Authorization": "Bearer admin-secret"}
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import typer
 from nodeconfig_helpers import make_fleet
 from typer.testing import CliRunner
 
-from fleetboot.cli import nodes
+from fleetboot.cli import common, nodes
 from fleetboot.cli.common import CliState
 from fleetboot.inventory.db import Database
 from fleetboot.nodeconfig.states import NodeStatus, State
@@ -36,7 +37,7 @@ Run = Callable[..., "typer.testing.Result"]
 def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Run, Database]:
     url = f"sqlite:///{tmp_path}/cli.db"
     monkeypatch.setenv("FLEETBOOT_DB", url)
-    monkeypatch.setenv("COLUMNS", "160")
+    monkeypatch.setattr(common.console, "width", 160)  # made at import: COLUMNS is too late
     monkeypatch.chdir(tmp_path)
     db = Database(url)
     db.create_schema()
@@ -78,12 +79,13 @@ async def _record_a_boot(db: Database, node_id: int) -> None:
     writer = BatchWriter(db)
     await writer.start()
     t = 1_800_000_000.0
-    for i, (at, source, kind, detail) in enumerate([
+    boot: list[tuple[float, str, str, dict[str, Any]]] = [
         (t, "dhcp", "DISCOVER", {}), (t + 4, "dhcp", "DISCOVER", {"retransmit": 1}),
         (t + 4.2, "dhcp", "ACK", {}), (t + 5, "http", "file",
                                        {"path": "vmlinuz", "size": 6 << 20, "duration_s": 2}),
         (t + 20, "node", "state", {"state": "UP"}),
-    ]):
+    ]
+    for i, (at, source, kind, detail) in enumerate(boot):
         writer.event(EventRecord(node_id, 1, at, i, source, kind, None, None, None, detail))
     writer.state(node_id, NodeStatus(State.UP, since=t + 20, boot=1, boot_started=t,
                                      last_boot_s=20.0, address="10.0.0.5"))

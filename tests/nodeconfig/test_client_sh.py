@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from nodeconfig_helpers import Served, make_fleet, serve
+from nodeconfig_helpers import make_fleet, serve
 
 from fleetboot.inventory.db import Database
 from fleetboot.nodeconfig.api import client_script
@@ -123,7 +123,9 @@ def test_a_wrong_token_fails_cleanly(sqlite_db: Database, busybox_bin: Path, scr
 
 def _flat_reference(value: Any, path: str = "") -> list[tuple[str, str]]:
     """What the client's awk must produce for ``value`` (Python's reading of the JSON)."""
-    join = (lambda k: f"{path}.{k}" if path else str(k))
+    def join(k: object) -> str:
+        return f"{path}.{k}" if path else str(k)
+
     if isinstance(value, dict):
         return [p for k, v in value.items() for p in _flat_reference(v, join(k))] or [(path, "{}")]
     if isinstance(value, list):
@@ -143,7 +145,8 @@ _values = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=4)
                        | st.dictionaries(_keys, inner, max_size=4), max_leaves=12)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(doc=st.dictionaries(_keys, _values, min_size=1, max_size=6))
 def test_the_awk_reader_agrees_with_python(doc: dict[str, Any], busybox_bin: Path, script: Path,
                                            tmp_path: Path) -> None:

@@ -137,3 +137,18 @@ def test_invariants_over_any_event_sequence(seq: list[tuple[BootEvent, float]]) 
         if flagged is not None:
             assert flagged.state is status.state and flagged.stuck
             status = flagged
+
+
+def test_the_vocabulary_of_fleetboots_own_servers() -> None:
+    """What server/dhcp.py, server/tftp.py and server/http.py actually emit."""
+    rx = {"dir": "rx", "retransmit": False, "vendor_class": "", "ipxe": True}
+    trail = run([
+        ev("dhcp", "DISCOVER", **rx), ev("dhcp", "OFFER", dir="tx", boot="ipxe"),
+        ev("tftp", "start", file="undionly.kpxe"), ev("tftp", "done", file="undionly.kpxe"),
+        ev("http", "script", boot="wait", status=200),
+        ev("http", "script", boot="profile", status=200, profile="linux"),
+        ev("http", "file", path="vmlinuz", status=404),  # failed: no progress
+        ev("http", "file", path="vmlinuz", status=200, size=5, duration_s=0.1),
+    ])
+    assert [s.state for s in trail] == [State.PXEBOOTING] * 4 + [State.WAITING] + [
+        State.PXEBOOTING] * 2 + [State.BOOTING]

@@ -53,7 +53,7 @@ async def test_retention_per_node_and_in_total(db: Database) -> None:
     await writer.start()
     seq = 0
     for name in ("a", "b", "c"):
-        for i in range(15):
+        for _ in range(15):
             seq += 1
             writer.event(_event(fleet[name].id, float(seq), seq))
         await writer.flush()

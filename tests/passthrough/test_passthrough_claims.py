@@ -38,7 +38,7 @@ def test_claim_attach_release(fleet: Fleet) -> None:
     assert [d.state for d in att.devices] == ["allocated", "allocated"] and att.networks == ()
     assert _states(fleet.db, "compute-a")["0000:86:00.0"] == "allocated"
     assert [v.qemu_device() for v in vmlayout.vfio_devices(fleet.db, INSTANCE)] == [
-        "vfio-pci,host=0000:86:00.0,id=hostdev0", "vfio-pci,host=0000:af:00.0,id=hostdev1"]
+        "vfio-pci,host=0000:86:00.0,id=ptdev0", "vfio-pci,host=0000:af:00.0,id=ptdev1"]
     assert claims.release(fleet.db, INSTANCE) == ["compute-a 0000:86:00.0",
                                                   "compute-a 0000:af:00.0"]
     assert set(_states(fleet.db, "compute-a").values()) == {"available"}
@@ -176,3 +176,19 @@ def test_parallel_mixed_claims_keep_pf_vf_exclusion(fleet: Fleet) -> None:
     _invariants(fleet.db)
     addresses = Counter((d.host, d.address) for w in won for d in w.devices)
     assert max(addresses.values()) == 1
+
+
+def test_parallel_claims_for_one_instance_stay_on_one_host(fleet: Fleet) -> None:
+    def one(_: int) -> object:
+        try:
+            return claims.claim(fleet.db, INSTANCE, R("1 x intel-nic"))
+        except ClaimError as exc:  # NoHostError included
+            return exc
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(one, range(16)))
+    held = claims.instance_devices(fleet.db, INSTANCE)
+    assert len({d.host for d in held}) == 1
+    assert sorted(d.port for d in held) == list(range(len(held)))
+    assert len(held) == sum(isinstance(r, claims.ClaimResult) for r in results) > 0
+    _invariants(fleet.db)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,7 +15,10 @@ from typer.testing import CliRunner
 
 from fleetboot.cli import common
 from fleetboot.cli.passthrough import flavor_app, host_app, vm_passthrough_app
+from fleetboot.inventory.db import Database
 from fleetboot.passthrough.sysfs_builder import build_example_host
+from fleetboot.vm.service import VmService, default_settings
+from fleetboot.vm.specs import CreateSpec
 
 app = typer.Typer()
 app.add_typer(host_app, name="host")
@@ -64,10 +71,10 @@ def test_end_to_end(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def
     out = cli("vm", "claim", INSTANCE, "1 x sriov-physnet1", "1 x mlx-netdev", "--host",
               "compute-a")
     assert "0000:3b:02.0" in out and "0000:5e:00.0" in out
-    out = cli("vm", "attach", INSTANCE, "--xml")
+    out = cli("vm", "pci-attach", INSTANCE, "--xml")
     assert f"network fb-{INSTANCE}-p0" in out and '<forward mode="hostdev"' in out
     before = cli("vm", "pci-show", INSTANCE, "--xml")
-    assert "-device vfio-pci,host=0000:3b:02.0,id=hostdev0" in before
+    assert "-device vfio-pci,host=0000:3b:02.0,id=ptdev0" in before
     out = cli("vm", "pci-migrate", INSTANCE, "--to", "compute-b")
     assert "port 0: compute-a 0000:3b:02.0 -> compute-b" in out and "XML unchanged" in out
     after = cli("vm", "pci-show", INSTANCE, "--xml")
@@ -86,6 +93,32 @@ def test_errors_are_one_line(cli, tmp_path: Path) -> None:  # type: ignore[no-un
     assert "no criteria" in cli("flavor", "add", "empty", code=2)
     assert "not a hex id" in cli("flavor", "add", "x", "--vendor", "zz", code=2)
     assert "unknown flavor(s) gpu" in cli("vm", "claim", INSTANCE, "1 x gpu", code=2)
-    assert "not an instance UUID" in cli("vm", "claim", "vm-1", "1 x gpu", code=2)
+    assert "neither an instance UUID nor the name of a VM" in cli("vm", "claim", "vm-1",
+                                                                   "1 x gpu", code=2)
     assert "is not like '2 x gpu-a100'" in cli("vm", "claim", INSTANCE, "2 x a b", code=2)
     assert "--to HOST" in cli("vm", "pci-migrate", INSTANCE, code=2)
+
+
+@pytest.mark.qemu
+def test_vm_by_name(cli, tmp_path: Path,  # type: ignore[no-untyped-def]
+                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """`vm claim NAME` and `vm pci-attach NAME` reach a VM of `fleetboot vm`."""
+    if shutil.which("qemu-system-x86_64") is None:
+        pytest.skip("qemu-system-x86 not installed")
+    run_dir = Path(tempfile.mkdtemp(prefix="fbpt", dir="/tmp"))
+    monkeypatch.setenv("FLEETBOOT_VM_RUN_DIR", str(run_dir))
+    monkeypatch.setenv("FLEETBOOT_VM_IMAGE_DIR", str(tmp_path / "images"))
+    try:
+        cli("host", "scan", "compute-a", "--sysfs", str(tmp_path / "a"))
+        cli("flavor", "add", "gpu-a100", "--vendor", "10de", "--product", "20b0")
+        db = Database(os.environ["FLEETBOOT_DB"])
+        service = VmService(db, default_settings())
+        view = asyncio.run(service.create(CreateSpec(name="gpu-vm")))
+        assert "0000:86:00.0" in cli("vm", "claim", "gpu-vm", "2 x gpu-a100")
+        assert "ptdev0, ptdev1 vfio device(s) placed" in cli("vm", "pci-attach", "gpu-vm")
+        layout = service.read("gpu-vm").layout
+        assert layout.find("ptdev1") is not None
+        assert view.uuid in cli("vm", "pci-show", "gpu-vm")
+        db.dispose()
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
 from pt_helpers import INSTANCE, Fleet
@@ -14,6 +16,8 @@ from fleetboot.passthrough.placement import HOSTDEV, NETWORK_HOSTDEV
 from fleetboot.passthrough.vmlayout import VfioDevice, device_args, place_in_layout
 from fleetboot.vm import planner
 from fleetboot.vm.errors import PoolFullError
+from fleetboot.vm.service import VmService, VmSettings
+from fleetboot.vm.specs import CreateSpec
 
 
 def _vfio(*ports: int) -> list[VfioDevice]:
@@ -22,26 +26,26 @@ def _vfio(*ports: int) -> list[VfioDevice]:
 
 def test_ports_keep_their_slots() -> None:
     layout = place_in_layout(planner.new_layout("q35"), _vfio(0, 1, 2))
-    first = {f"hostdev{p}": layout.address_of(f"hostdev{p}") for p in (0, 1, 2)}
+    first = {f"ptdev{p}": layout.address_of(f"ptdev{p}") for p in (0, 1, 2)}
     assert planner.pool_map(layout, planner.PoolName.PASSTHROUGH) == "PPP_____"
     # Port 1 released, port 3 claimed: 0 and 2 stay, 3 takes the hole of the same pool.
     layout = place_in_layout(layout, _vfio(0, 2, 3))
-    assert layout.address_of("hostdev0") == first["hostdev0"]
-    assert layout.address_of("hostdev2") == first["hostdev2"]
-    assert layout.find("hostdev1") is None
+    assert layout.address_of("ptdev0") == first["ptdev0"]
+    assert layout.address_of("ptdev2") == first["ptdev2"]
+    assert layout.find("ptdev1") is None
     # A migration swaps host devices, not ports: nothing moves.
     moved = [VfioDevice(d.port, "0000:18:02.0", d.kind) for d in _vfio(0, 2, 3)]
     assert place_in_layout(layout, moved) == layout
     bus = layout.slot(planner.PoolName.PASSTHROUGH, 0).addr.bus
-    expected = f"vfio-pci,host=0000:18:02.0,id=hostdev0,bus={bus},addr=0x0"
+    expected = f"vfio-pci,host=0000:18:02.0,id=ptdev0,bus={bus},addr=0x0"
     assert device_args(layout, moved)[0] == expected
 
 
 def test_devices_the_vm_layer_placed_are_left_alone() -> None:
     layout = planner.add(planner.new_layout("pc"),
-                         planner.DeviceRequest("gpu-user", planner.Kind.PASSTHROUGH))
+                         planner.DeviceRequest("hostdev0", planner.Kind.PASSTHROUGH))
     layout = place_in_layout(layout, _vfio(0))
-    assert layout.find("gpu-user") is not None
+    assert layout.find("hostdev0") is not None
     assert planner.pool_map(layout, planner.PoolName.PASSTHROUGH) == "PP__"
 
 
@@ -89,3 +93,27 @@ def test_qemu_accepts_the_arguments() -> None:
     assert proc.returncode != 0
     assert "vfio 0000:3b:02.0: no such host device" in proc.stderr or \
         "/sys/bus/pci/devices/0000:3b:02.0: no such host device" in proc.stderr, proc.stderr
+
+
+@pytest.mark.qemu
+async def test_attach_to_a_vm_of_the_vm_service(sqlite_fleet: Fleet, tmp_path: Path) -> None:
+    """Claims land in a real VM's stored layout and QEMU command line (VmService)."""
+    if shutil.which("qemu-system-x86_64") is None:
+        pytest.skip("qemu-system-x86 not installed")
+    run_dir = Path(tempfile.mkdtemp(prefix="fbpt", dir="/tmp"))
+    try:
+        service = VmService(sqlite_fleet.db, VmSettings(run_dir=run_dir,
+                                                        image_dir=tmp_path / "images"))
+        view = await service.create(CreateSpec(name="pt-vm"))
+        claims.claim(sqlite_fleet.db, view.uuid, parse_requests("1 x gpu-a100, 1 x mlx-netdev, "
+                                                                "1 x sriov-physnet1"))
+        assert await vmlayout.attach_to_vm(service, sqlite_fleet.db, "pt-vm") == [
+            "ptdev0", "ptdev2"]
+        assert await vmlayout.attach_to_vm(service, sqlite_fleet.db, "pt-vm") == []
+        layout = service.read("pt-vm").layout
+        assert planner.pool_map(layout, planner.PoolName.PASSTHROUGH).startswith("PP_")
+        argv = " ".join(await service.argv("pt-vm"))
+        assert '"driver":"vfio-pci","id":"ptdev0","host":"0000:86:00.0"' in argv.replace(" ", "")
+        assert '"host":"0000:3b:02.0"' in argv.replace(" ", "")
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)

@@ -11,7 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fleetboot.storm import frames, ipxe
+from fleetboot.protocols.dhcp import options as o
+from fleetboot.protocols.dhcp.codec import DhcpPacket, decode, encode
+from fleetboot.storm import dhcpwire, frames, ipxe
 from fleetboot.storm.httpc import HttpError, ResponseParser
 from fleetboot.storm.plan import (
     Network,
@@ -282,10 +284,6 @@ def test_kernel_counters_are_read_from_proc_text() -> None:
 
 
 def test_client_messages_carry_what_real_firmware_sends() -> None:
-    from fleetboot.protocols.dhcp import options as o
-    from fleetboot.protocols.dhcp.codec import DhcpPacket, decode, encode
-    from fleetboot.storm import dhcpwire
-
     hw = bytes.fromhex("02fb00000001")
     pxe = dhcpwire.pxe_personality(hw, 7, "PXEClient:Arch:00007:UNDI:003000", True)
     msg = decode(dhcpwire.discover(0x1234, hw, 3, pxe))
@@ -317,6 +315,4 @@ def test_client_messages_carry_what_real_firmware_sends() -> None:
 
 @given(st.binary(max_size=600))
 def test_reading_random_replies_never_raises(data: bytes) -> None:
-    from fleetboot.storm import dhcpwire
-
     dhcpwire.read_reply(data)

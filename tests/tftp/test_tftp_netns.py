@@ -21,7 +21,8 @@ def served_lab(lab: Lab, tmp_path: Path) -> Iterator[tuple[Lab, Path]]:
     root.mkdir()
     (root / "boot.efi").write_bytes(os.urandom(700_000))
     proc = lab.server.popen([sys.executable, "-m", "fleetboot.server.tftp", "--root", str(root),
-                             "--host", lab.server_ip, "--port", "69"],
+                             "--host", lab.server_ip, "--port", "69",
+                             "--max-blksize", "65464"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     assert proc.stdout is not None
     line = proc.stdout.readline().decode()
@@ -39,18 +40,20 @@ def test_clients_across_veth(served_lab: tuple[Lab, Path], tmp_path: Path) -> No
     out = tmp_path / "out"
     lab.client.run(["curl", "-sS", "--tftp-blksize", "65464", "-o", str(out),
                     f"tftp://{lab.server_ip}/boot.efi"])
-    assert out.read_bytes() == expected  # asked for 65464: the veth MTU clamps it to 1468
+    assert out.read_bytes() == expected
     out.unlink()
-    result = lab.client.run(["atftp", "--verbose", "--option", "blksize 9000", "--option", "tsize",
+    # The server allows 65464, but the route's MTU (1500 on the veth) allows 1468.
+    result = lab.client.run(["atftp", "--trace", "--option", "blksize 9000", "--option", "tsize",
                              "-g", "-r", "boot.efi", "-l", str(out), lab.server_ip],
                             check=False)
     assert out.read_bytes() == expected, result.stdout + result.stderr
-    assert "blksize = 1468" in result.stdout + result.stderr
+    oack = next(line for line in result.stderr.splitlines() if "received OACK" in line)
+    assert "blksize: 1468," in oack, oack
 
 
-def test_windowsize_over_a_delayed_link(served_lab: tuple[Lab, Path], tmp_path: Path) -> None:
+def test_windowsize_across_veth(served_lab: tuple[Lab, Path], tmp_path: Path) -> None:
+    # (No netem here: this kernel lacks sch_netem; bench/tftp.py brings its own delay line.)
     lab, root = served_lab
-    lab.netem(0.5)
     out = tmp_path / "out"
     lab.client.run(["atftp", "--option", "blksize 1468", "--option", "windowsize 16", "-g",
                     "-r", "boot.efi", "-l", str(out), lab.server_ip])

@@ -283,7 +283,7 @@ class DiskReader:
     a dict lookup and a memoryview slice.
     """
 
-    __slots__ = ("_cache", "_csize", "_file", "_held", "_key")
+    __slots__ = ("_cache", "_csize", "_cur_index", "_cur_view", "_file", "_held", "_key")
 
     def __init__(self, file: DiskBootFile) -> None:
         self._file = file
@@ -291,6 +291,8 @@ class DiskReader:
         self._csize = file._csize
         self._key = file.identity
         self._held: dict[int, bytes] = {}
+        self._cur_index = -1
+        self._cur_view = memoryview(b"")
 
     def _chunk(self, index: int) -> bytes | None:
         chunk = self._held.get(index)
@@ -306,6 +308,13 @@ class DiskReader:
         self._held[index] = chunk
 
     def view(self, offset: int, length: int) -> bytes | memoryview | None:
+        index = offset // self._csize
+        start = offset - index * self._csize
+        if index == self._cur_index and start + length <= self._csize:
+            return self._cur_view[start : start + length]  # the per-block fast path
+        return self._view(offset, length)
+
+    def _view(self, offset: int, length: int) -> bytes | memoryview | None:
         if length <= 0:
             return b""
         first, last = offset // self._csize, (offset + length - 1) // self._csize
@@ -314,7 +323,8 @@ class DiskReader:
             return None
         start = offset - first * self._csize
         if first == last:
-            return memoryview(chunk)[start : start + length]
+            self._cur_index, self._cur_view = first, memoryview(chunk)
+            return self._cur_view[start : start + length]
         rest = self._chunk(last)  # a block straddling two chunks: rare, copy it
         if rest is None:
             return None

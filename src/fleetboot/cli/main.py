@@ -32,23 +32,38 @@ app.add_typer(inventory.subnet_app, name="subnet")
 app.add_typer(inventory.profile_app, name="profile")
 app.add_typer(inventory.inventory_app, name="inventory")
 
-# Command groups of other concerns: (module, attribute, command name).
+# Command groups of the other concerns: (module, attribute, command name). A name of
+# None adds the group's commands at the top level; "vm+" adds them to `fleetboot vm`.
 _GROUPS = (
     ("fleetboot.cli.serve", "app", None),
+    ("fleetboot.cli.nodes", "app", None),
+    ("fleetboot.cli.nodes", "config_app", "config"),
+    ("fleetboot.cli.images", "app", "image"),
     ("fleetboot.cli.vm", "app", "vm"),
+    ("fleetboot.cli.passthrough", "vm_passthrough_app", "vm+"),
     ("fleetboot.cli.passthrough", "host_app", "host"),
     ("fleetboot.cli.passthrough", "flavor_app", "flavor"),
+    ("fleetboot.cli.storm", "app", "storm"),
 )
 
-for module_name, attr, name in _GROUPS:
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name != module_name:
-            raise
-        continue
-    group = getattr(module, attr)
-    if name is None:
-        app.registered_commands.extend(group.registered_commands)
-    else:
-        app.add_typer(group, name=name)
+
+def _mount(groups: tuple[tuple[str, str, str | None], ...]) -> None:
+    mounted: dict[str, typer.Typer] = {}
+    for module_name, attr, name in groups:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue
+        group: typer.Typer = getattr(module, attr)
+        if name is None:
+            app.registered_commands.extend(group.registered_commands)
+        elif name.endswith("+"):
+            mounted[name[:-1]].registered_commands.extend(group.registered_commands)
+        else:
+            mounted[name] = group
+            app.add_typer(group, name=name)
+
+
+_mount(_GROUPS)

@@ -37,6 +37,7 @@ config_app = typer.Typer(help="Node configuration sections (the document nodes f
 
 
 def _ago(seconds: float) -> str:
+    seconds = max(0.0, seconds)  # a clock step back must not print "-3 s"
     if seconds < 120:
         return f"{seconds:.0f} s"
     if seconds < 7200:

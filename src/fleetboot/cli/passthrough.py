@@ -8,16 +8,21 @@ its commands are meant to be added to ``fleetboot vm``.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 import typer
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from fleetboot.cli.common import console, err_console, friendly_errors, state, table
 from fleetboot.inventory.db import Database
 from fleetboot.passthrough import catalog, claims, hosts, migration, vmlayout
 from fleetboot.passthrough.claims import ClaimedDevice
+from fleetboot.passthrough.errors import ClaimError
 from fleetboot.passthrough.flavors import Flavor, parse_requests, parse_tag
+from fleetboot.vm.models import Instance
+from fleetboot.vm.service import VmService, default_settings
 
 host_app = typer.Typer(help="Hosts' PCI devices for passthrough (read from sysfs).",
                        no_args_is_help=True)
@@ -38,6 +43,27 @@ def _db(ctx: typer.Context, url: str | None) -> Database:
     db = Database(url)
     db.create_schema()
     return db
+
+
+def _instance(db: Database, text: str) -> tuple[str, str | None]:
+    """An instance UUID, or the name of a VM of ``fleetboot vm``: (uuid, VM name or None)."""
+    try:
+        uid: str | None = claims.normalize_uuid(text)
+    except ClaimError:
+        uid = None
+    with db.session() as s:
+        where = Instance.uuid == uid if uid else Instance.name == text
+        row = s.execute(select(Instance.uuid, Instance.name).where(where)).first()
+    if row is not None:
+        return row.uuid, row.name
+    if uid is None:
+        raise ClaimError(f"{text!r} is neither an instance UUID nor the name of a VM "
+                         "(see `fleetboot vm list`)")
+    return uid, None
+
+
+def _numa(node: int | None) -> str:
+    return "-" if node is None else str(node)
 
 
 def _warn(lines: Sequence[str]) -> None:
@@ -118,7 +144,7 @@ def host_devices(
             r = v.row
             status = v.status + (f" {v.instance_uuid}" if v.instance_uuid else "")
             tab.add_row(r.address, f"{r.vendor_id}:{r.product_id}", r.class_code, _relation(v),
-                        r.driver or "-", "-" if r.numa_node is None else str(r.numa_node),
+                        r.driver or "-", _numa(r.numa_node),
                         "-" if r.iommu_group is None else str(r.iommu_group),
                         ",".join(r.netdevs), " ".join(f"{k}={t}" for k, t in v.attrs.tags),
                         ",".join(sorted(v.flavors)), status)
@@ -219,7 +245,7 @@ def flavor_show(ctx: typer.Context, name: str, db_url: str | None = DB_OPTION) -
             for v in hosts.device_views(s, h, catalog.list_flavors(s)):
                 if name in v.flavors:
                     tab.add_row(h.name, v.row.address, f"{v.row.vendor_id}:{v.row.product_id}",
-                                v.row.device_type, str(v.row.numa_node or "-"),
+                                v.row.device_type, _numa(v.row.numa_node),
                                 ",".join(sorted(v.flavors - {name})), v.status)
         console.print(tab)
 
@@ -244,8 +270,8 @@ def _devices_table(devices: Sequence[ClaimedDevice], title: str) -> None:
     tab = table("port", "host", "address", "numa", "via flavors", "attached as", "mac", "state",
                 title=title)
     for d in devices:
-        tab.add_row(str(d.port), d.host, d.address, "-" if d.numa_node is None else
-                    str(d.numa_node), "+".join(d.flavors), d.kind, d.mac or "-", d.state)
+        tab.add_row(str(d.port), d.host, d.address, _numa(d.numa_node), "+".join(d.flavors),
+                    d.kind, d.mac or "-", d.state)
     console.print(tab)
 
 
@@ -253,7 +279,7 @@ def _devices_table(devices: Sequence[ClaimedDevice], title: str) -> None:
 @friendly_errors
 def vm_claim(
     ctx: typer.Context,
-    instance: str = typer.Argument(..., help="instance UUID"),
+    instance: str = typer.Argument(..., help="instance UUID or VM name"),
     requests: list[str] = typer.Argument(..., help="e.g. '2 x gpu-a100' '1 x sriov-physnet1'"),
     host: str | None = typer.Option(None, help="only this host"),
     numa: int | None = typer.Option(None, help="preferred NUMA node"),
@@ -273,23 +299,31 @@ def vm_claim(
         for name, reasons in sorted(refusals.items()):
             console.print(f"[red]no[/]   {name}: {'; '.join(reasons)}")
         return
-    got = claims.claim(db, instance, wanted, host=host, numa_node=numa)
+    got = claims.claim(db, _instance(db, instance)[0], wanted, host=host, numa_node=numa)
     _devices_table(got.devices, f"claimed on {got.host}")
     if not got.numa_aligned:
         _warn(["the devices span NUMA nodes (no single node could hold them all)"])
 
 
-@vm_passthrough_app.command("attach")
+@vm_passthrough_app.command("pci-attach")
 @friendly_errors
 def vm_attach(
     ctx: typer.Context,
-    instance: str,
+    instance: str = typer.Argument(..., help="instance UUID or VM name"),
     xml: bool = typer.Option(False, "--xml", help="print the network and device XML"),
     db_url: str | None = DB_OPTION,
 ) -> None:
-    """Allocate the claimed devices and define their per-port networks."""
-    att = claims.attach(_db(ctx, db_url), instance)
+    """Allocate the claimed devices, define their per-port networks and, for a VM of
+    `fleetboot vm` (stopped), put its vfio devices into the VM's passthrough pool."""
+    db = _db(ctx, db_url)
+    uid, vm_name = _instance(db, instance)
+    att = claims.attach(db, uid)
     _devices_table(att.devices, f"attached on {att.host}")
+    if vm_name is not None:
+        state_dir = None if db_url else state(ctx).settings.state_dir
+        service = VmService(db, default_settings(state_dir))
+        added = asyncio.run(vmlayout.attach_to_vm(service, db, vm_name))
+        console.print(f"VM {vm_name}: {', '.join(added) or 'no new'} vfio device(s) placed")
     for name, text in att.networks:
         console.print(f"network {name}")
         if xml:
@@ -302,7 +336,8 @@ def vm_attach(
 @friendly_errors
 def vm_release(ctx: typer.Context, instance: str, db_url: str | None = DB_OPTION) -> None:
     """Free the instance's devices and delete their networks."""
-    freed = claims.release(_db(ctx, db_url), instance)
+    db = _db(ctx, db_url)
+    freed = claims.release(db, _instance(db, instance)[0])
     console.print(f"released {len(freed)} device(s)" + (": " + ", ".join(freed) if freed else ""))
 
 
@@ -316,8 +351,9 @@ def vm_pci_show(
 ) -> None:
     """The instance's passthrough devices, its vfio-pci devices and (with --xml) domain XML."""
     db = _db(ctx, db_url)
+    instance = _instance(db, instance)[0]
     devices = claims.instance_devices(db, instance)
-    _devices_table(devices, f"instance {claims.normalize_uuid(instance)}")
+    _devices_table(devices, f"instance {instance}")
     incoming = claims.instance_devices(db, instance, incoming=True)
     if incoming:
         _devices_table(incoming, "incoming (migration in progress)")
@@ -339,6 +375,7 @@ def vm_pci_migrate(
 ) -> None:
     """Move the instance's network ports to equivalent devices on another host."""
     db = _db(ctx, db_url)
+    instance = _instance(db, instance)[0]
     if abort:
         freed = migration.abort(db, instance)
         console.print(f"aborted: released {len(freed)} incoming device(s)")

@@ -11,13 +11,15 @@ from sqlalchemy.orm import Session
 
 from fleetboot.inventory import models
 
+# Only what the boot servers hold in memory counts: VM and passthrough rows do not.
+_TRACKED_MODULES = frozenset({"fleetboot.inventory.models", "fleetboot.nodeconfig.models"})
 # Leases change per packet and are held in memory by the DHCP server itself.
 _UNTRACKED: tuple[type, ...] = (models.Lease, models.InventoryRevision)
 
 
 def _touches_inventory(session: Session) -> bool:
     for obj in (*session.new, *session.dirty, *session.deleted):
-        if not isinstance(obj, _UNTRACKED):
+        if type(obj).__module__ in _TRACKED_MODULES and not isinstance(obj, _UNTRACKED):
             return True
     return False
 

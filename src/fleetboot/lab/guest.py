@@ -422,12 +422,24 @@ def _builtin(tree: Path) -> frozenset[str]:
 
 def _put(path: Path, body: Callable[[], bytes]) -> None:
     """Write a cache file once, atomically: a VM or server may be reading it."""
-    if path.exists():
-        return
+    if not path.exists():
+        _atomic_write(path, body())
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Readers see the old file or the whole new one; a unique temporary name keeps
+    concurrent writers (processes or threads) apart."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_bytes(body())
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def _unpack(deb: Path, dest: Path, wanted: Sequence[str]) -> dict[str, Any]:
@@ -483,9 +495,7 @@ def _cached(cache: Path, flavor: str, wanted: Sequence[str]) -> GuestKernel | No
 
 
 def _write_json(path: Path, value: object) -> None:
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(value, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    _atomic_write(path, json.dumps(value, indent=1, sort_keys=True).encode())
 
 
 def fetch_guest_kernel(
@@ -622,10 +632,7 @@ def build_initramfs(
         out = kernel.root.parent / "initramfs" / f"{kernel.release}-{digest}.cpio.gz"
         if out.exists():
             return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}")
-    tmp.write_bytes(image)
-    os.replace(tmp, out)
+    _atomic_write(out, image)
     return out
 
 

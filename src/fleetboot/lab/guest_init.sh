@@ -8,7 +8,9 @@
 #   fleetboot.hook=http://host/path | /path          script run with sh after the lease
 #   fleetboot.end=poweroff|reboot|shell              what to do at the end (default poweroff)
 #   fleetboot.dhcp_tries=N                           DHCPDISCOVERs before giving up (default 10)
-# Every fleetboot.KEY=VALUE is exported to the hook as FLEETBOOT_KEY=VALUE.
+# Every fleetboot.KEY=VALUE is exported to the hook as FLEETBOOT_KEY=VALUE, next to
+# the lease: FLEETBOOT_IP, _MAC, _IFACE, _SUBNET, _ROUTER, _DHCP_SERVER, _SIADDR,
+# _DNS, _HOSTNAME, _DOMAIN (see guest_udhcpc.sh).
 export PATH=/sbin:/bin:/usr/sbin:/usr/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -108,7 +110,8 @@ main() {
     tries=0
     until iface=$(find_nic "$want"); do
         tries=$((tries + 1))
-        if [ $tries -ge 100 ]; then
+        # insmod probes synchronously: a NIC not there after 2 s will not come.
+        if [ $tries -ge 40 ]; then
             mark "ERROR no-nic want=${want:-any} have=$(cat /sys/class/net/*/address | tr '\n' ,)"
             finish "${end:-poweroff}"
         fi
@@ -133,6 +136,7 @@ main() {
     set -a
     . /run/fleetboot/lease.env
     set +a
+    parse_cmdline # the kernel command line wins over the lease
     run_hook
     finish "${end:-poweroff}"
 }

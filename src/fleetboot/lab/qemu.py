@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import contextlib
 import re
 import shutil
@@ -26,6 +27,7 @@ import struct
 import subprocess
 import sys
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -197,7 +199,7 @@ class SerialMatch:
         return self.match.end()
 
 
-@dataclass
+@dataclass(eq=False)  # hashable by identity, for the registry of live VMs
 class Vm:
     """A running QEMU. ``close()`` (or the context manager) always kills it."""
 
@@ -373,7 +375,20 @@ def start_vm(
         # ip netns exec execs QEMU, so the pid is QEMU's and close() kills it.
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
                                    stdout=subprocess.DEVNULL, stderr=log)
-    return Vm(spec, process, files, tuple(taps))
+    vm = Vm(spec, process, files, tuple(taps))
+    _live.add(vm)
+    return vm
+
+
+# Every VM not closed by its owner dies with the interpreter (a test run that
+# ends on an exception must not leave TCG guests burning the CI's two cores).
+_live: weakref.WeakSet[Vm] = weakref.WeakSet()
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    for vm in list(_live):
+        vm.close()
 
 
 # ----------------------------------------------------------------------------

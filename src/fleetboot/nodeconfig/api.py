@@ -239,7 +239,7 @@ class NodeConfigApi:
     async def stats(self, request: Request) -> Response:
         svc = self.service
         return JSONResponse({
-            "nodes": len(svc.view.by_id), "tokens": len(svc.tokens),
+            "nodes": len(svc.view.by_id), "tokens": len(svc.tokens), "fetches": svc.fetches,
             "render_s": round(svc.view.render_s, 3), "denied": svc.responder.denied,
             "events": dict(svc.counters), "timeline_written": svc.writer.written,
             "timeline_dropped": svc.writer.dropped, "timeline_failures": svc.writer.failures,

@@ -14,7 +14,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from fleetboot.inventory.db import Database
-from fleetboot.nodeconfig.render import NodeDocuments, SectionBytes, render_node
+from fleetboot.nodeconfig.render import (
+    FleetFacts,
+    NodeDocuments,
+    NodeFacts,
+    SectionBytes,
+    render_node,
+)
 from fleetboot.nodeconfig.store import load_facts
 
 
@@ -33,22 +39,38 @@ class DocumentCache:
         self.db = db
         self.fleet_hosts = fleet_hosts
         self.view = View()
+        # What the current view was rendered from: unchanged nodes are not rendered again.
+        self._facts: dict[int, NodeFacts] = {}
+        self._fleet: FleetFacts | None = None
+        self.rendered = 0  # nodes rendered by the last reload
 
     def reload(self) -> View:
-        """Read and render everything; blocking (call it with ``asyncio.to_thread``)."""
+        """Read everything, render what changed; blocking (call it with ``asyncio.to_thread``).
+
+        Most inventory changes (a one-shot boot consumed, a profile added) touch
+        no node's document: comparing the facts costs far less than rendering.
+        """
         started = time.perf_counter()
         with self.db.session() as session:
             nodes, fleet = load_facts(session, self.fleet_hosts)
+        same_fleet = fleet == self._fleet
+        old = self.view.by_id
         cache = SectionBytes()
         by_mac: dict[str, NodeDocuments] = {}
         by_id: dict[int, NodeDocuments] = {}
         macs: dict[int, tuple[str, ...]] = {}
+        self.rendered = 0
         for node in nodes:
-            docs = render_node(node, fleet, cache)
+            docs = old.get(node.node_id) if same_fleet else None
+            if docs is None or self._facts.get(node.node_id) != node:
+                docs = render_node(node, fleet, cache)
+                self.rendered += 1
             by_id[node.node_id] = docs
             macs[node.node_id] = tuple(n.mac for n in node.nics)
             for nic in node.nics:
                 by_mac[nic.mac] = docs
+        self._facts = {n.node_id: n for n in nodes}
+        self._fleet = fleet
         self.view = View(by_mac, by_id, {d.name: d for d in by_id.values()}, macs, time.time(),
                          time.perf_counter() - started)
         return self.view

@@ -62,6 +62,17 @@ def uvicorn_protocol(responder: ConfigResponder) -> type[asyncio.Protocol] | str
 
     class FleetbootHttpToolsProtocol(HttpToolsProtocol):
         fleetboot = responder
+        # uvicorn swaps in a new default-header list (Date) once a second; render it once.
+        _defaults_of: Any = None
+        _defaults: bytes = b""
+
+        def _fleetboot_defaults(self) -> bytes:
+            cls = type(self)
+            current = self.server_state.default_headers
+            if current is not cls._defaults_of:
+                cls._defaults = b"".join(b"%s: %s\r\n" % kv for kv in current)
+                cls._defaults_of = current
+            return cls._defaults
 
         def on_headers_complete(self) -> None:
             if (self.url.startswith(CONFIG_PATH)
@@ -80,9 +91,7 @@ def uvicorn_protocol(responder: ConfigResponder) -> type[asyncio.Protocol] | str
                 return False
             keep_alive = (self.parser.get_http_version() != "1.0"
                           and self.parser.should_keep_alive())
-            out = [reply.status_line()]
-            out.extend(b"%s: %s\r\n" % kv for kv in self.server_state.default_headers)
-            out.append(reply.head)
+            out = [reply.status_line(), self._fleetboot_defaults(), reply.head]
             if not keep_alive:
                 out.append(b"connection: close\r\n")
             out.append(b"\r\n")

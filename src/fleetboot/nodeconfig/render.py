@@ -32,6 +32,7 @@ from typing import Any
 from fleetboot.nodeconfig.sections import SECRET_SECTIONS, SECTIONS
 
 DOCUMENT_VERSION = 1
+_REDACTED = sorted(SECRET_SECTIONS)
 
 
 @dataclass(frozen=True)
@@ -139,8 +140,16 @@ def _attributes(node: NodeFacts, fleet: FleetFacts) -> dict[str, Any]:
     return merged
 
 
+_NONE: tuple[()] = ()  # one shared empty value, so every node's empty section is one object
+
+
 def build_document(node: NodeFacts, fleet: FleetFacts) -> dict[str, Any]:
-    """The full document as a dict, keys in the order they are rendered."""
+    """The full document as a dict, keys in the order they are rendered.
+
+    Values are shared with ``fleet`` and ``node`` (never copied) so a default
+    used by thousands of nodes is one object, serialised once; nothing may
+    mutate the result.
+    """
     doc: dict[str, Any] = {"version": DOCUMENT_VERSION, "node": node.name}
     for section in SECTIONS:
         if section == "hostname":
@@ -150,21 +159,24 @@ def build_document(node: NodeFacts, fleet: FleetFacts) -> dict[str, Any]:
         elif section == "interfaces":
             doc[section] = interfaces(node, _own_or_default(node, fleet, section))
         elif section == "hosts":
-            doc[section] = [*fleet.hosts, *(_own_or_default(node, fleet, section) or [])]
+            own = _own_or_default(node, fleet, section)
+            doc[section] = [*fleet.hosts, *(own or ())] if fleet.hosts else (own or _NONE)
         elif section == "attributes":
             doc[section] = _attributes(node, fleet)
         elif section == "startup":
             doc[section] = _own_or_default(node, fleet, section)
         else:
-            doc[section] = list(_own_or_default(node, fleet, section) or [])
+            doc[section] = _own_or_default(node, fleet, section) or _NONE
     return doc
 
 
 def public_view(doc: Mapping[str, Any]) -> dict[str, Any]:
     """The document without secrets: what a request without the per-boot token gets."""
     out = {k: v for k, v in doc.items() if k not in SECRET_SECTIONS}
-    out["files"] = [f for f in doc.get("files", []) if not f.get("secret")]
-    out["redacted"] = sorted(SECRET_SECTIONS)
+    files = doc.get("files") or _NONE
+    if any(f.get("secret") for f in files):
+        out["files"] = [f for f in files if not f.get("secret")]
+    out["redacted"] = _REDACTED
     return out
 
 
@@ -198,59 +210,82 @@ class Rendered:
 
 
 class SectionBytes:
-    """Renders section values once per distinct value object within one reload.
+    """Serialises section values once per distinct value within one reload.
 
-    Fleet defaults are shared by thousands of nodes; caching by the value's
-    identity renders each of them once instead of once per node.
+    Fleet defaults are shared by thousands of nodes: containers are cached by
+    identity (the value is kept alive so its id stays unique), scalars by value.
     """
 
     def __init__(self) -> None:
-        # id -> (value kept alive so its id stays unique, raw JSON, the section alone)
-        self._seen: dict[int, tuple[Any, bytes, Rendered]] = {}
-
-    def _entry(self, value: Any) -> tuple[Any, bytes, Rendered]:
-        hit = self._seen.get(id(value))
-        if hit is not None and hit[0] is value:
-            return hit
-        raw = dumps(value)
-        entry = (value, raw, Rendered.of(raw + b"\n"))
-        if isinstance(value, (list, dict)):
-            self._seen[id(value)] = entry
-        return entry
+        self._by_id: dict[int, tuple[Any, bytes]] = {}
+        self._by_value: dict[tuple[type, Any], bytes] = {}
 
     def raw(self, value: Any) -> bytes:
-        return self._entry(value)[1]
+        if isinstance(value, (list, dict, tuple)):
+            hit = self._by_id.get(id(value))
+            if hit is not None and hit[0] is value:
+                return hit[1]
+            raw = dumps(value)
+            self._by_id[id(value)] = (value, raw)
+            return raw
+        key = (type(value), value)
+        found = self._by_value.get(key)
+        if found is None:
+            found = self._by_value[key] = dumps(value)
+        return found
 
-    def alone(self, value: Any) -> Rendered:
-        return self._entry(value)[2]
+
+_KEYS = {k: dumps(k) + b":" for k in ("version", "node", *SECTIONS, "redacted")}
 
 
 def render_lines(parts: Sequence[tuple[str, bytes]]) -> bytes:
     """``{"k":v,\\n"k2":v2}\\n`` from pre-rendered values, one key per line."""
-    lines = [dumps(key) + b":" + raw for key, raw in parts]
+    lines = [(_KEYS.get(key) or dumps(key) + b":") + raw for key, raw in parts]
     return b"{" + b",\n".join(lines) + b"}\n"
 
 
 @dataclass(frozen=True)
 class NodeDocuments:
-    """Everything served to one node: both documents and every section alone."""
+    """Everything served to one node: both documents, and each section alone on demand."""
 
     node_id: int
     name: str
     full: Rendered
     public: Rendered
-    sections: Mapping[str, Rendered]  # section name -> its value alone (full variant)
-    public_sections: Mapping[str, Rendered]  # without secrets; secret sections absent
+    raw: Mapping[str, bytes]  # every value of the full document, serialised
+    public_raw: Mapping[str, bytes]  # the public document's (no secret sections)
+    _alone: dict[tuple[str, bool], Rendered] = field(default_factory=dict, compare=False,
+                                                     repr=False)
+
+    def section(self, name: str, trusted: bool) -> Rendered | None:
+        """One section alone (``/v1/self/config/<name>``); None if absent from the variant.
+
+        Rendered on first use: old scripts asking for sections are the rare case.
+        """
+        key = (name, trusted)
+        hit = self._alone.get(key)
+        if hit is None:
+            raw = (self.raw if trusted else self.public_raw).get(name)
+            if raw is None:
+                return None
+            hit = self._alone[key] = Rendered.of(raw + b"\n")
+        return hit
+
+    @property
+    def sections(self) -> dict[str, Rendered]:
+        return {k: r for k in SECTIONS if (r := self.section(k, True)) is not None}
+
+    @property
+    def public_sections(self) -> dict[str, Rendered]:
+        return {k: r for k in SECTIONS if (r := self.section(k, False)) is not None}
 
 
 def render_node(node: NodeFacts, fleet: FleetFacts, cache: SectionBytes | None = None,
                 ) -> NodeDocuments:
     cache = cache or SectionBytes()
     doc = build_document(node, fleet)
+    raw = {k: cache.raw(v) for k, v in doc.items()}
     public = public_view(doc)
-    full = render_lines([(k, cache.raw(v)) for k, v in doc.items()])
-    public_body = render_lines([(k, cache.raw(v)) for k, v in public.items()])
-    sections = {k: cache.alone(doc[k]) for k in SECTIONS}
-    public_sections = {k: cache.alone(public[k]) for k in SECTIONS if k in public}
-    return NodeDocuments(node.node_id, node.name, Rendered.of(full), Rendered.of(public_body),
-                         sections, public_sections)
+    public_raw = {k: raw[k] if v is doc.get(k) else cache.raw(v) for k, v in public.items()}
+    return NodeDocuments(node.node_id, node.name, Rendered.of(render_lines(list(raw.items()))),
+                         Rendered.of(render_lines(list(public_raw.items()))), raw, public_raw)

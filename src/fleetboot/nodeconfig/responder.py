@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from typing import Any
 
 from fleetboot.nodeconfig.documents import DocumentCache
 from fleetboot.nodeconfig.render import NodeDocuments, Rendered
@@ -31,6 +31,7 @@ from fleetboot.server.directory import LeaseDirectory
 
 CONFIG_PATH = b"/v1/self/config"
 TOKEN_HEADER = b"x-fleetboot-token"
+_INM = b"if-none-match"
 # Headers a proxy adds. Fleetboot trusts no proxy, so their presence alone refuses.
 PROXY_HEADERS = frozenset({
     b"x-forwarded-for", b"forwarded", b"x-real-ip", b"x-forwarded-host", b"x-client-ip",
@@ -41,54 +42,58 @@ PROXY_HEADERS = frozenset({
 _SECTIONS = frozenset(SECTIONS)
 _STATUS_TEXT = {200: b"OK", 304: b"Not Modified", 400: b"Bad Request", 401: b"Unauthorized",
                 403: b"Forbidden", 404: b"Not Found"}
+_STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, text) for code, text in _STATUS_TEXT.items()}
 
 
-@dataclass(frozen=True, slots=True)
 class Reply:
-    """A prepared answer: ``head`` is the header block without status line and final CRLF."""
+    """A prepared answer, in both forms a server needs: raw header bytes and ASGI pairs."""
 
-    status: int
-    head: bytes
-    body: bytes
-    etag: str = ""
+    __slots__ = ("asgi", "body", "etag", "head", "status")
+
+    def __init__(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes,
+                 etag: str = "") -> None:
+        self.status = status
+        self.asgi = headers
+        # the header block without status line and final CRLF, for the raw protocol path
+        self.head = b"".join(b"%s: %s\r\n" % kv for kv in headers)
+        self.body = body
+        self.etag = etag
 
     def status_line(self) -> bytes:
-        return b"HTTP/1.1 %d %s\r\n" % (self.status, _STATUS_TEXT.get(self.status, b""))
+        return _STATUS_LINES.get(self.status) or (b"HTTP/1.1 %d \r\n" % self.status)
 
     def asgi_headers(self) -> list[tuple[bytes, bytes]]:
-        out = []
-        for line in self.head.split(b"\r\n"):
-            if line:
-                name, _, value = line.partition(b": ")
-                out.append((name, value))
-        return out
+        return list(self.asgi)
 
 
-def _head(content_type: bytes, length: int | None, etag: str | None) -> bytes:
-    parts = [b"content-type: " + content_type + b"\r\n"]
+def _headers(content_type: bytes, length: int | None, etag: str | None,
+             ) -> list[tuple[bytes, bytes]]:
+    out = [(b"content-type", content_type)]
     if length is not None:
-        parts.append(b"content-length: %d\r\n" % length)
+        out.append((b"content-length", b"%d" % length))
     if etag:
-        parts.append(b'etag: "' + etag.encode() + b'"\r\n')
+        out.append((b"etag", b'"' + etag.encode() + b'"'))
     # Nodes may keep a copy but must ask again (with If-None-Match) before using it.
-    parts.append(b"cache-control: private, no-cache\r\n")
-    return b"".join(parts)
+    out.append((b"cache-control", b"private, no-cache"))
+    return out
 
 
 def ok_reply(doc: Rendered) -> Reply:
-    return Reply(200, _head(b"application/json", len(doc.body), doc.etag), doc.body, doc.etag)
+    return Reply(200, _headers(b"application/json", len(doc.body), doc.etag), doc.body,
+                 doc.etag)
 
 
 def not_modified_reply(doc: Rendered) -> Reply:
-    return Reply(304, _head(b"application/json", None, doc.etag), b"", doc.etag)
+    return Reply(304, _headers(b"application/json", None, doc.etag), b"", doc.etag)
 
 
 def error_reply(status: int, message: str) -> Reply:
     body = json.dumps({"error": message}).encode() + b"\n"
-    return Reply(status, _head(b"application/json", len(body), None), body)
+    return Reply(status, _headers(b"application/json", len(body), None), body)
 
 
-FetchHook = Callable[[NodeDocuments, str, "Reply", str], None]
+# (node documents, client address, reply, section, fetches folded into this one)
+FetchHook = Callable[[NodeDocuments, str, "Reply", str, int], None]
 
 
 class Denied(Exception):
@@ -107,16 +112,19 @@ class ConfigResponder:
 
     def __init__(self, documents: DocumentCache, tokens: TokenStore, directory: LeaseDirectory,
                  on_fetch: FetchHook | None = None, clock: Callable[[], float] = time.time,
-                 require_token: bool = False) -> None:
+                 require_token: bool = False, fetch_event_interval_s: float = 2.0) -> None:
         self.documents = documents
         self.tokens = tokens
         self.directory = directory
         self.on_fetch = on_fetch
         self.clock = clock
         self.require_token = require_token
+        self.fetch_event_interval_s = fetch_event_interval_s
+        self.fetches = 0  # answered with 200 or 304
+        self.denied = {"proxy": 0, "lease": 0, "node": 0, "token": 0, "section": 0}
         self._replies: dict[tuple[int, str], Reply] = {}
         self._replies_view: object = None
-        self.denied = {"proxy": 0, "lease": 0, "node": 0, "token": 0, "section": 0}
+        self._seen: dict[int, list[Any]] = {}  # node id -> [last event at, status, repeats]
         self._proxy = error_reply(403, "requests through a proxy are refused: Fleetboot "
                                   "identifies a node by its own address (X-Forwarded-For, "
                                   "Forwarded, X-Real-IP and the like are not accepted)")
@@ -126,68 +134,96 @@ class ConfigResponder:
         self._need_token = error_reply(401, "this server requires the per-boot token in the "
                                        "X-Fleetboot-Token header")
 
-    # --- identity (also used by the state report route) ---
+    # --- identity ---
 
-    def identify(self, client: str, headers: Iterable[tuple[bytes, bytes]],
-                 ) -> tuple[NodeDocuments, bool, bytes | None]:
-        """(node documents, token verified, If-None-Match) or raise ``Denied``."""
+    def resolve(self, client: str, headers: Iterable[tuple[bytes, bytes]],
+                ) -> tuple[NodeDocuments | Reply, bool, bytes | None]:
+        """(node documents, token verified, If-None-Match), or (the refusal, False, None).
+
+        Written flat on purpose: it runs for every request on the hot path.
+        """
         token = inm = None
         for name, value in headers:
             if name == TOKEN_HEADER:
                 token = value
-            elif name == b"if-none-match":
+            elif name == _INM:
                 inm = value
             elif name in PROXY_HEADERS:
                 self.denied["proxy"] += 1
-                raise Denied(self._proxy)
-        docs = self._node(client_address(client))
+                return self._proxy, False, None
+        if client.startswith("::ffff:"):
+            client = client[7:]
+        mac = self.directory.mac_for_address(client)
+        docs = self.documents.view.by_mac.get(mac) if mac is not None else None
+        if docs is None:
+            return self._unknown(client, mac), False, None
         if token is None:
             if self.require_token:
                 self.denied["token"] += 1
-                raise Denied(self._need_token)
+                return self._need_token, False, None
             return docs, False, inm
         if not self.tokens.check(token.decode("latin-1"), docs.node_id, self.clock()):
             self.denied["token"] += 1
-            raise Denied(self._bad_token)
+            return self._bad_token, False, None
         return docs, True, inm
 
-    def _node(self, client: str) -> NodeDocuments:
-        mac = self.directory.mac_for_address(client)
+    def identify(self, client: str, headers: Iterable[tuple[bytes, bytes]],
+                 ) -> tuple[NodeDocuments, bool, bytes | None]:
+        """Like ``resolve``, raising ``Denied`` (for the routes)."""
+        docs, trusted, inm = self.resolve(client, headers)
+        if isinstance(docs, Reply):
+            raise Denied(docs)
+        return docs, trusted, inm
+
+    def _unknown(self, client: str, mac: str | None) -> Reply:
         if mac is None:
             self.denied["lease"] += 1
-            raise Denied(error_reply(403, f"{client} holds no current lease from Fleetboot; "
-                                     "configuration is served to leased node addresses only"))
-        docs = self.documents.view.by_mac.get(mac)
-        if docs is None:
-            self.denied["node"] += 1
-            raise Denied(error_reply(403, f"{client} ({mac}) is not an interface of a "
-                                     "registered node; add it with `fleetboot node add`"))
-        return docs
+            return error_reply(403, f"{client} holds no current lease from Fleetboot; "
+                               "configuration is served to leased node addresses only")
+        self.denied["node"] += 1
+        return error_reply(403, f"{client} ({mac}) is not an interface of a registered node; "
+                           "add it with `fleetboot node add`")
 
     # --- the answer ---
 
     def answer(self, client: str, path: bytes, headers: Iterable[tuple[bytes, bytes]],
                ) -> Reply | None:
         """The reply for a GET of ``path``, or None when ``path`` is not ours."""
-        section = self._section(path)
-        if section is None:
-            return None
-        try:
-            docs, trusted, inm = self.identify(client, headers)
-        except Denied as denied:
-            return denied.reply
-        if section and section not in _SECTIONS:
-            return unknown_section_reply(section)
-        doc = self._pick(docs, trusted, section)
-        if doc is None:
-            self.denied["section"] += 1
-            return error_reply(401, f"section {section} holds secrets: send the per-boot "
-                               "token (X-Fleetboot-Token) to read it")
+        if path == CONFIG_PATH:
+            section = ""
+        else:
+            found = self._section(path)
+            if found is None:
+                return None
+            section = found
+        docs, trusted, inm = self.resolve(client, headers)
+        if isinstance(docs, Reply):
+            return docs
+        if section:
+            doc = self._section_doc(docs, trusted, section)
+            if isinstance(doc, Reply):
+                return doc
+        else:
+            doc = docs.full if trusted else docs.public
         fresh = inm is not None and (inm == b"*" or doc.etag.encode() in inm)
         reply = self._prepared(doc, 304 if fresh else 200)
-        if self.on_fetch is not None:
-            self.on_fetch(docs, client_address(client), reply, section)
+        self._count(docs, client, reply, section)
         return reply
+
+    def _count(self, docs: NodeDocuments, client: str, reply: Reply, section: str) -> None:
+        # One timeline event per node per interval; repeats are counted into the next one.
+        self.fetches += 1
+        if self.on_fetch is None:
+            return
+        now = self.clock()
+        seen = self._seen.get(docs.node_id)
+        if (seen is not None and now - seen[0] < self.fetch_event_interval_s
+                and seen[1] == reply.status):
+            seen[2] += 1
+            return
+        self._seen[docs.node_id] = [now, reply.status, 0]
+        self.on_fetch(docs, client_address(client), reply, section,
+                      seen[2] if seen is not None else 0)
 
     @staticmethod
     def _section(path: bytes) -> str | None:
@@ -198,13 +234,16 @@ class ConfigResponder:
             return None
         return path[len(CONFIG_PATH) + 1:].decode("latin-1")
 
-    @staticmethod
-    def _pick(docs: NodeDocuments, trusted: bool, section: str) -> Rendered | None:
-        if section == "":
-            return docs.full if trusted else docs.public
-        if trusted:
-            return docs.sections.get(section)
-        return docs.public_sections.get(section)
+    def _section_doc(self, docs: NodeDocuments, trusted: bool, section: str,
+                     ) -> Rendered | Reply:
+        if section not in _SECTIONS:
+            return unknown_section_reply(section)
+        doc = docs.section(section, trusted)
+        if doc is None:
+            self.denied["section"] += 1
+            return error_reply(401, f"section {section} holds secrets: send the per-boot "
+                               "token (X-Fleetboot-Token) to read it")
+        return doc
 
     def _prepared(self, doc: Rendered, status: int) -> Reply:
         # Replies are cached per ETag; the cache restarts with every new view.

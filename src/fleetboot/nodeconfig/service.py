@@ -106,18 +106,18 @@ class NodeConfigService:
         self.tokens = TokenStore(s.token_ttl_s, s.token_grace_s)
         self.writer = BatchWriter(db, s.retention, s.flush_interval_s)
         self.responder = ConfigResponder(self.documents, self.tokens, directory, self._fetched,
-                                         clock, s.require_token)
+                                         clock, s.require_token, s.fetch_event_interval_s)
         self.statuses: dict[int, NodeStatus] = {}
         self.counters: Counter[str] = Counter()
-        self.fetches = 0  # configuration requests answered (200 or 304)
         self._pending: list[tuple[int | None, BootEvent]] = []
-        self._last_fetch: dict[int, list[Any]] = {}  # node id -> [at, status, repeats]
         self._seq = itertools.count(int(clock() * 1_000_000))  # grows across restarts
         self._token_lock = threading.Lock()  # the iPXE renderer may call from a thread
         self._reload_lock = asyncio.Lock()
+        self._dirty = False
         self._tasks: list[asyncio.Task[None]] = []
         self._revision = -1
         self._last_timeouts = 0.0
+        self._last_expiry = 0.0
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -145,15 +145,25 @@ class NodeConfigService:
             return read_states(session), read_tokens(session, self.clock())
 
     async def reload(self) -> None:
-        """Re-render every document (the runtime's reload hook)."""
+        """Re-render the documents that changed (the runtime's reload hook).
+
+        Requests that arrive while a reload runs are served by one more reload
+        after it, not by one each: a burst of inventory changes costs two.
+        """
+        self._dirty = True
         async with self._reload_lock:
+            if not self._dirty:
+                return  # a reload that started after our request has just finished
+            self._dirty = False
             self._revision = await asyncio.to_thread(self.db.revision)
             view = await asyncio.to_thread(self.documents.reload)
         alive = set(view.by_id)
-        self.tokens.forget_nodes(alive)
+        with self._token_lock:
+            self.tokens.forget_nodes(alive)
         for node_id in [n for n in self.statuses if n not in alive]:
             del self.statuses[node_id]
-        log.info("rendered %d node documents in %.2f s", len(view.by_id), view.render_s)
+        log.info("%d node documents, %d rendered, in %.2f s", len(view.by_id),
+                 self.documents.rendered, view.render_s)
 
     @property
     def view(self) -> View:
@@ -198,6 +208,12 @@ class NodeConfigService:
         if now - self._last_timeouts >= 1.0:
             self._last_timeouts = now
             self.check_timeouts(now)
+        if now - self._last_expiry >= 60.0:
+            self._last_expiry = now
+            with self._token_lock:
+                expired = self.tokens.expire(now)
+            if expired:
+                self.writer.expired_tokens(expired)
 
     def _node_for(self, event: BootEvent) -> int | None:
         view = self.view
@@ -242,23 +258,19 @@ class NodeConfigService:
             flagged.append(node_id)
         return flagged
 
-    def _fetched(self, docs: NodeDocuments, address: str, reply: Reply, section: str) -> None:
-        # The hot path's only bookkeeping: one event per node per window, repeats counted.
-        self.fetches += 1
-        now = self.clock()
-        last = self._last_fetch.get(docs.node_id)
-        if (last is not None and now - last[0] < self.settings.fetch_event_interval_s
-                and last[1] == reply.status):
-            last[2] += 1
-            return
-        repeats = last[2] if last is not None else 0
-        self._last_fetch[docs.node_id] = [now, reply.status, 0]
+    def _fetched(self, docs: NodeDocuments, address: str, reply: Reply, section: str,
+                 repeats: int) -> None:
         detail: dict[str, Any] = {"status": reply.status, "section": section or "*",
                                   "bytes": len(reply.body), "etag": reply.etag}
         if repeats:
             detail["repeats_before"] = repeats
-        self._pending.append((docs.node_id, BootEvent(now, "config", "config", None, address,
-                                                      detail)))
+        self._pending.append((docs.node_id, BootEvent(self.clock(), "config", "config", None,
+                                                      address, detail)))
+
+    @property
+    def fetches(self) -> int:
+        """Configuration requests answered (200 or 304)."""
+        return self.responder.fetches
 
     def report(self, node_id: int, address: str, state: str, message: str,
                source: str = "node") -> None:

@@ -91,7 +91,8 @@ class Classified:
 def _is_pxe(detail: Mapping[str, object]) -> bool:
     vendor = str(detail.get("vendor_class") or "")
     user = str(detail.get("user_class") or "")
-    return bool(detail.get("pxe")) or vendor.startswith("PXEClient") or user == "iPXE"
+    return (bool(detail.get("pxe") or detail.get("ipxe")) or vendor.startswith("PXEClient")
+            or user == "iPXE")
 
 
 def _dhcp(event: BootEvent) -> Classified | None:
@@ -104,9 +105,12 @@ def _dhcp(event: BootEvent) -> Classified | None:
 
 
 def _http(event: BootEvent) -> Classified | None:
+    if event.detail.get("status") not in (None, 200, 206):
+        return None  # a refused or failed download moved nothing forward
     role = str(event.detail.get("role") or event.kind)
     if event.kind == "script":
-        action = str(event.detail.get("action") or "")
+        # fleetboot.server.http says "boot": profile | local | wait | menu
+        action = str(event.detail.get("action") or event.detail.get("boot") or "")
         if action == "wait":
             return Classified(Signal.WAIT)
         return Classified(Signal.KERNEL if action == "local" else Signal.SCRIPT)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -95,6 +96,7 @@ class BatchWriter:
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()  # one batch at a time: the counts live on the worker
+        self._mutex = threading.Lock()  # producers on other threads vs. taking a batch
         self._stopping = False
         self.dropped = 0  # events lost because the database lagged too far behind
         self.written = 0
@@ -108,13 +110,17 @@ class BatchWriter:
         self._events.append(record)
 
     def state(self, node_id: int, status: NodeStatus) -> None:
-        self._batch.states[node_id] = status
+        with self._mutex:
+            self._batch.states[node_id] = status
 
     def tokens(self, changes: TokenChanges) -> None:
-        self._batch.tokens.append(changes)
+        # Called from the iPXE renderer's worker thread too.
+        with self._mutex:
+            self._batch.tokens.append(changes)
 
     def expired_tokens(self, hashes: Sequence[str]) -> None:
-        self._batch.expired.extend(hashes)
+        with self._mutex:
+            self._batch.expired.extend(hashes)
 
     # --- lifecycle ---
 
@@ -139,9 +145,10 @@ class BatchWriter:
     async def flush(self) -> None:
         """Write everything gathered so far (also used by tests and at shutdown)."""
         async with self._lock:
-            batch, self._batch = self._batch, _Batch()
-            batch.events = list(self._events)
-            self._events.clear()
+            with self._mutex:
+                batch, self._batch = self._batch, _Batch()
+                batch.events = list(self._events)
+                self._events.clear()
             if batch.empty():
                 return
             try:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, Update, delete, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from fleetboot.inventory.db import Database
@@ -49,7 +50,6 @@ from fleetboot.passthrough.placement import (
     Placement,
     Slot,
     choose_host,
-    explain,
     place,
     slots_for,
 )
@@ -134,7 +134,7 @@ def _hosts_of(session: Session, instance_uuid: str, incoming: bool | None = None
 def host_candidates(
     session: Session, host: PassthroughHost, flavors: Sequence[Flavor]
 ) -> list[Candidate]:
-    return [v.candidate() for v in hosts.device_views(session, host, flavors)]
+    return hosts.candidates(session, flavors, [host.name])[host.name]
 
 
 # ---------------------------------------------------------------- claiming
@@ -145,16 +145,21 @@ def schedule(
     numa_node: int | None = None,
 ) -> tuple[list[HostChoice], dict[str, list[str]]]:
     """Which hosts fit ``requests`` (best first) and why the others don't; claims nothing."""
+    return _look(db, requests, host, numa_node, usable_only=False)
+
+
+def _look(
+    db: Database, requests: Sequence[DeviceRequest], host: str | None,
+    numa_node: int | None, usable_only: bool,
+) -> tuple[list[HostChoice], dict[str, list[str]]]:
     with db.session() as session:
         flavors = catalog.list_flavors(session)
         catalog.require_known(flavors, (n for r in requests for n in r.flavors))
         names = [host] if host else [h.name for h in hosts.list_hosts(session)]
         if host:
             hosts.get_host(session, host)
-        slots = slots_for(requests)
-        pools = {name: host_candidates(session, hosts.get_host(session, name), flavors)
-                 for name in names}
-    return choose_host(pools, slots, numa_node)
+        pools = hosts.candidates(session, flavors, names, usable_only)
+    return choose_host(pools, slots_for(requests), numa_node)
 
 
 def claim(
@@ -171,24 +176,27 @@ def claim(
     """
     uid = normalize_uuid(instance_uuid)
     with db.session() as session:
-        if claims_of(session, uid, incoming=True):
-            raise ClaimError(f"instance {uid} is being migrated; finish or abort that first")
-        current = claims_of(session, uid)
-        if current:
-            here = current[0].device.host.name
-            if host and host != here:
-                raise ClaimError(f"instance {uid} holds devices on {here}; more can only be "
-                                 f"claimed there (not on {host})")
-            host = here
-        start = max((c.port for c in current), default=-1) + 1
-    slots = slots_for(requests, start)
-    fits, refusals = schedule(db, requests, host, numa_node)
+        here = _current_host(session, uid)
+    if here and host and host != here:
+        raise ClaimError(f"instance {uid} holds devices on {here}; more can only be "
+                         f"claimed there (not on {host})")
+    host = here or host
+    fits, _ = _look(db, requests, host, numa_node, usable_only=True)
     for choice in fits:
-        result = _claim_on(db, choice.host, uid, slots, numa_node)
-        if isinstance(result, ClaimResult):
+        result = _claim_on(db, choice.host, uid, requests, numa_node)
+        if result is not None:
             return result
-        refusals[choice.host] = result  # lost a race since the look: say what is left
+    # Nothing fits (or every fitting host was taken since the look): say why, per host.
+    _, refusals = _look(db, requests, host, numa_node, usable_only=False)
     raise NoHostError(_no_host_message(requests, refusals), refusals)
+
+
+def _current_host(session: Session, uid: str) -> str | None:
+    """The host the instance's devices are on (None: it holds none)."""
+    if claims_of(session, uid, incoming=True):
+        raise ClaimError(f"instance {uid} is being migrated; finish or abort that first")
+    current = claims_of(session, uid)
+    return current[0].device.host.name if current else None
 
 
 def _no_host_message(requests: Sequence[DeviceRequest], refusals: Mapping[str, list[str]]) -> str:
@@ -200,19 +208,33 @@ def _no_host_message(requests: Sequence[DeviceRequest], refusals: Mapping[str, l
 
 
 def _claim_on(
-    db: Database, host_name: str, uid: str, slots: Sequence[Slot], numa_node: int | None
-) -> ClaimResult | list[str]:
-    with db.session() as session:
-        host = hosts.get_host(session, host_name)
-        hosts.lock_host(session, host.id)
-        flavors = catalog.list_flavors(session)
-        cands = host_candidates(session, host, flavors)
-        placement = place(cands, slots, numa_node)
-        if placement is None:
-            return explain(cands, slots)
-        claimed = apply_placement(session, host, uid, slots, placement)
-        return ClaimResult(uid, host.name, tuple(_view(c) for c in claimed),
-                           placement.numa_aligned)
+    db: Database, host_name: str, uid: str, requests: Sequence[DeviceRequest],
+    numa_node: int | None,
+) -> ClaimResult | None:
+    """Claim on one host under its lock; None if it no longer fits."""
+    try:
+        with db.session() as session:
+            host = hosts.get_host(session, host_name)
+            hosts.lock_host(session, host.id)
+            # Re-read under the lock: ports continue the instance's own numbering.
+            here = _current_host(session, uid)
+            if here not in (None, host.name):
+                return None
+            held = claims_of(session, uid)
+            slots = slots_for(requests, max((c.port for c in held), default=-1) + 1)
+            flavors = catalog.list_flavors(session)
+            cands = hosts.candidates(session, flavors, [host.name], usable_only=True)[host.name]
+            placement = place(cands, slots, numa_node)
+            if placement is None:
+                return None
+            claimed = apply_placement(session, host, uid, slots, placement)
+            return ClaimResult(uid, host.name, tuple(_view(c) for c in claimed),
+                               placement.numa_aligned)
+    except IntegrityError:
+        # Two claims for one instance raced on different hosts: the unique
+        # (instance, port) refused the second; nothing of it was committed.
+        raise ClaimError(f"another claim for instance {uid} ran at the same time; "
+                         "retry") from None
 
 
 def apply_placement(

@@ -248,12 +248,16 @@ def device_attrs(row: PassthroughDevice, pf: PassthroughDevice | None) -> Device
 
 def status(row: PassthroughDevice) -> str:
     """``usable`` or why not, in the words shown to users."""
-    if not row.present:
+    return _status(row.present, row.state)
+
+
+def _status(present: bool, state: DeviceState) -> str:
+    if not present:
         return ABSENT
-    if row.state == DeviceState.UNAVAILABLE:
+    if state == DeviceState.UNAVAILABLE:
         return BLOCKED
-    if row.state in IN_USE:
-        return row.state.value
+    if state in IN_USE:
+        return state.value
     return USABLE
 
 
@@ -265,12 +269,6 @@ class DeviceView:
     flavors: frozenset[str]
     status: str
     instance_uuid: str | None = None
-
-    def candidate(self) -> Candidate:
-        r = self.row
-        return Candidate(id=r.id, address=r.address, flavors=self.flavors, kind=self.kind,
-                         numa_node=r.numa_node, pf_address=r.pf_address,
-                         is_pf=r.device_type == "pf", status=self.status)
 
 
 def device_views(
@@ -291,3 +289,56 @@ def device_views(
                                 matching_flavors(attrs, flavors), status(row),
                                 owners.get(row.id)))
     return views
+
+
+_CANDIDATE_COLUMNS = (
+    PassthroughHost.name.label("host"), PassthroughDevice.id, PassthroughDevice.address,
+    PassthroughDevice.vendor_id, PassthroughDevice.product_id, PassthroughDevice.class_code,
+    PassthroughDevice.device_type, PassthroughDevice.driver,
+    PassthroughDevice.subsystem_vendor_id, PassthroughDevice.subsystem_device_id,
+    PassthroughDevice.tags, PassthroughDevice.pf_address, PassthroughDevice.numa_node,
+    PassthroughDevice.netdevs, PassthroughDevice.state, PassthroughDevice.present,
+)
+
+
+def candidates(
+    session: Session,
+    flavors: Sequence[Flavor],
+    host_names: Sequence[str] | None = None,
+    usable_only: bool = False,
+) -> dict[str, list[Candidate]]:
+    """The hosts' devices as the planner sees them, host name -> candidates.
+
+    Plain-column queries (no ORM objects): this runs on every claim. With
+    ``usable_only`` only free devices are read, so a claim costs what is left
+    free, not the fleet's size; explanations of a refusal need all of them.
+    """
+    stmt = select(*_CANDIDATE_COLUMNS).join(PassthroughHost).order_by(
+        PassthroughHost.name, PassthroughDevice.address)
+    pf_stmt = select(PassthroughHost.name, PassthroughDevice.address, PassthroughDevice.tags
+                     ).join(PassthroughHost).where(PassthroughDevice.device_type == "pf")
+    if host_names is not None:
+        stmt = stmt.where(PassthroughHost.name.in_(host_names))
+        pf_stmt = pf_stmt.where(PassthroughHost.name.in_(host_names))
+    if usable_only:
+        stmt = stmt.where(PassthroughDevice.state == DeviceState.AVAILABLE,
+                          PassthroughDevice.present.is_(True))
+    rows = session.execute(stmt).all()
+    # VFs inherit their PF's tags, whatever state the PF is in.
+    pf_tags = {(r.name, r.address): r.tags for r in session.execute(pf_stmt)}
+    out: dict[str, list[Candidate]] = {name: [] for name in host_names or ()}
+    for r in rows:
+        tags = {**pf_tags.get((r.host, r.pf_address), {}), **r.tags} if r.pf_address else r.tags
+        attrs = DeviceAttrs(
+            address=r.address, vendor_id=r.vendor_id, product_id=r.product_id,
+            class_code=r.class_code, device_type=r.device_type, driver=r.driver,
+            subsystem_vendor_id=r.subsystem_vendor_id,
+            subsystem_device_id=r.subsystem_device_id, tags=freeze_tags(tags),
+        )
+        out.setdefault(r.host, []).append(Candidate(
+            id=r.id, address=r.address, flavors=matching_flavors(attrs, flavors),
+            kind=attach_kind(r.device_type, r.class_code, r.netdevs), numa_node=r.numa_node,
+            pf_address=r.pf_address, is_pf=r.device_type == "pf",
+            status=_status(r.present, r.state),
+        ))
+    return out

@@ -119,6 +119,8 @@ class PassthroughClaim(Base):
     """A device held for an instance. ``incoming`` claims are a migration's target side."""
 
     __tablename__ = "passthrough_claims"
+    # A port is one device of the instance (and one more while it migrates).
+    __table_args__ = (UniqueConstraint("instance_uuid", "port", "incoming"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     instance_uuid: Mapped[str] = mapped_column(String(36), index=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from fleetboot.inventory.db import Database
 from fleetboot.passthrough.claims import instance_devices
@@ -29,8 +30,9 @@ class VfioDevice:
 
     @property
     def device_id(self) -> str:
-        # Derived from the port, not the host address, so it survives migration.
-        return f"hostdev{self.port}"
+        # Derived from the port, not the host address, so it survives migration;
+        # "ptdev" keeps clear of the VM concern's own "hostdev<N>" ids.
+        return f"ptdev{self.port}"
 
     def qemu_device(self, bus: str | None = None, addr: str | None = None) -> str:
         """The ``-device``/``device_add`` string; ``bus``/``addr`` from the VM planner."""
@@ -42,6 +44,14 @@ class VfioDevice:
         return ",".join(parts)
 
 
+class VmPassthroughApi(Protocol):
+    """What :func:`attach_to_vm` needs of ``fleetboot.vm.service.VmService``."""
+
+    def read(self, name: str) -> Any: ...
+
+    async def add_passthrough(self, name: str, host: str, device: str | None = None) -> str: ...
+
+
 def vfio_devices(db: Database, instance_uuid: str) -> list[VfioDevice]:
     """The instance's vfio devices in port order (claimed or allocated, not incoming)."""
     return [VfioDevice(d.port, d.address, d.kind)
@@ -50,7 +60,7 @@ def vfio_devices(db: Database, instance_uuid: str) -> list[VfioDevice]:
 
 # ---------------------------------------------------------------- the VM planner's pool
 
-_OWNED_ID = re.compile(r"^hostdev\d+$")
+_OWNED_ID = re.compile(r"^ptdev\d+$")
 
 
 def place_in_layout(layout: planner.Layout, devices: Sequence[VfioDevice]) -> planner.Layout:
@@ -83,3 +93,18 @@ def device_args(layout: planner.Layout, devices: Sequence[VfioDevice]) -> list[s
                                    "VM layout; place it with place_in_layout first")
         args.append(dev.qemu_device(bus=addr.bus, addr=addr.qemu))
     return args
+
+
+async def attach_to_vm(service: VmPassthroughApi, db: Database, vm_name: str) -> list[str]:
+    """Put the VM's claimed vfio devices into its stored layout (VM stopped).
+
+    The claims are looked up by the VM's UUID; devices the VM already has (same
+    port id) are left alone. Returns the ids added.
+    """
+    view = service.read(vm_name)
+    present = {d.device for d in view.devices}
+    added = []
+    for dev in vfio_devices(db, view.uuid):
+        if dev.device_id not in present:
+            added.append(await service.add_passthrough(vm_name, dev.host_address, dev.device_id))
+    return added

@@ -49,7 +49,6 @@ from starlette.routing import BaseRoute, Route
 from fleetboot.boot import ipxe
 from fleetboot.boot.decision import BootDecision, decide
 from fleetboot.boot.files import (
-    BootFileError,
     BootFileNotFound,
     BootFileSource,
     BootPathRefused,
@@ -165,12 +164,16 @@ class ScriptService:
                 del self._recent[key]
 
     def invalidate(self) -> None:
-        """Forget reused renders (the runtime may call this on inventory reloads)."""
+        """Forget reused renders (tests). Not a reload hook: consuming a one-shot bumps
+        the revision, and forgetting then would hand a retrying firmware the next boot."""
         self._recent.clear()
 
     async def provide(self, name: str, ctx: RequestContext) -> bytes:
-        """A :class:`BootFileSource` provider: the same script over TFTP or /boot/files/."""
-        return (await self.script(ctx.client_mac, ctx.client_ip)).text.encode()
+        """A :class:`BootFileSource` provider: the same script over TFTP."""
+        try:
+            return (await self.script(ctx.client_mac, ctx.client_ip)).text.encode()
+        except ScriptRefused as exc:
+            raise BootPathRefused(str(exc)) from None  # TFTP error 2 / HTTP 403
 
     # --- in a worker thread ---
 
@@ -334,13 +337,15 @@ async def _file(request: Request) -> Response:
     if name.startswith("/"):
         return _error(ctx, 400, "absolute file names are refused", "file", address, mac,
                       base, started)
+    if name == SCRIPT_FILE:
+        return await _script(request)  # same answer (and HEAD semantics) as /boot/script.ipxe
     try:
         file = await ctx.source.open(name, RequestContext(address, mac, "http"))
     except BootPathRefused as exc:
         return _error(ctx, 403, str(exc), "file", address, mac, base, started)
     except BootFileNotFound as exc:
         return _error(ctx, 404, str(exc), "file", address, mac, base, started)
-    except BootFileError as exc:
+    except FleetbootError as exc:
         return _error(ctx, 500, str(exc), "file", address, mac, base, started)
 
     def done(t: Transfer) -> None:

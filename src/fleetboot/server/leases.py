@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 from sqlalchemy.exc import IntegrityError
 
 from fleetboot.inventory.db import Database
@@ -37,6 +38,7 @@ from fleetboot.server.metrics import Metrics, RateLimitedLog, registry
 __all__ = ["LeaseInfo", "LeaseJournal", "LeaseTable", "load_leases"]
 
 log = logging.getLogger("fleetboot.dhcp.leases")
+CHECKPOINT_INTERVAL = 1.0
 CHUNK = 500  # rows per statement: 8 parameters each stays under every driver's limit
 COLUMNS = "address, mac, client_id, hostname, subnet_id, starts, expires"
 UPDATE = ("mac = excluded.mac, client_id = excluded.client_id, hostname = excluded.hostname, "
@@ -76,8 +78,11 @@ class LeaseJournal:
     """Group commit of lease records on one writer thread.
 
     ``submit`` is called on the event loop; ``on_committed(tokens, ok)`` runs on
-    the loop once per batch. ``window_s`` lets a batch gather a little longer
-    after its first record; ``max_batch`` bounds one transaction.
+    the loop once per batch. ``window_s`` is the least time between the starts of
+    two commits: an idle journal commits a lone record at once, a busy one
+    gathers everything that arrives within the window into one transaction
+    (each commit rewrites whole pages, so fewer, larger commits cost less per
+    lease). ``max_batch`` bounds one transaction.
     """
 
     def __init__(self, db: Database, on_committed: Committed, *,
@@ -99,12 +104,22 @@ class LeaseJournal:
         self._sqlite = dialect.name == "sqlite"
         self._mark = "?" if dialect.paramstyle == "qmark" else "%s"
         self._sql: dict[int, str] = {}
+        self._conn: Connection | None = None
+        self._checkpointer: threading.Thread | None = None
+        self._stopped = threading.Event()
+        self._dirty = False
+        self._last_start = 0.0
+        self._times: dict[int, str] = {}
 
     def start(self) -> None:
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
         self._thread = threading.Thread(target=self._run, name="lease-journal", daemon=True)
         self._thread.start()
+        if self._sqlite:
+            self._checkpointer = threading.Thread(target=self._checkpoint_loop,
+                                                  name="lease-checkpoint", daemon=True)
+            self._checkpointer.start()
 
     def submit(self, record: LeaseRecord, token: Any = None) -> None:
         """Queue a record; ``token`` comes back through ``on_committed`` once it is durable."""
@@ -124,6 +139,12 @@ class LeaseJournal:
             self._cond.notify()
         if self._thread is not None:
             self._thread.join(timeout)
+        self._stopped.set()
+        if self._checkpointer is not None:
+            self._checkpointer.join(timeout)
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
     # --- writer thread -----------------------------------------------------------------------
 
@@ -136,8 +157,10 @@ class LeaseJournal:
                 if not self._pending:
                     return
                 self._busy = True
-            if self.window_s and len(self._pending) < self.max_batch and not self._stopping:
-                time.sleep(self.window_s)
+            wait = self._last_start + self.window_s - time.monotonic()
+            if wait > 0 and len(self._pending) < self.max_batch and not self._stopping:
+                time.sleep(wait)
+            self._last_start = time.monotonic()
             with self._cond:
                 batch = self._pending[: self.max_batch]
                 del self._pending[: self.max_batch]
@@ -149,12 +172,9 @@ class LeaseJournal:
     def _commit(self, batch: list[tuple[LeaseRecord, Any]]) -> bool:
         started = time.perf_counter()
         try:
-            try:
-                self.write([record for record, _ in batch])
-            except IntegrityError:
-                # A subnet deleted since the view was built: keep the lease without it.
-                self.write([r._replace(subnet_id=None) for r, _ in batch])
+            self.write([record for record, _ in batch])
         except Exception as exc:
+            self._reset_connection()
             self.metrics.inc("dhcp.journal.errors")
             self._rlog.log("commit", logging.ERROR, "committing %d lease records failed: %s; "
                            "their ACKs are not sent (clients will retry)", len(batch), exc)
@@ -162,17 +182,29 @@ class LeaseJournal:
         self.metrics.inc("dhcp.journal.batches")
         self.metrics.inc("dhcp.journal.records", len(batch))
         self.metrics.set("dhcp.journal.last_batch", len(batch))
-        self.metrics.set("dhcp.journal.last_commit_us", int((time.perf_counter() - started) * 1e6))
+        spent = int((time.perf_counter() - started) * 1e6)
+        self.metrics.set("dhcp.journal.last_commit_us", spent)
+        self.metrics.inc("dhcp.journal.commit_us_total", spent)
+        if spent > self.metrics.get("dhcp.journal.commit_us_max"):
+            self.metrics.set("dhcp.journal.commit_us_max", spent)
         return True
 
     def write(self, records: Sequence[LeaseRecord]) -> None:
         """Apply records in one transaction; the last record per address wins."""
+        try:
+            self._write(records)
+        except IntegrityError:
+            # A subnet deleted since the view was built: keep the leases without it.
+            self._write([r._replace(subnet_id=None) for r in records])
+
+    def _write(self, records: Sequence[LeaseRecord]) -> None:
         final: dict[int, LeaseRecord] = {}
         for record in records:
             final[record.addr] = record
         binds = [self._row(r) for r in final.values() if r.op == "bind"]
         frees = [(ip_text(r.addr), mac_text(r.mac)) for r in final.values() if r.op == "free"]
-        with self.db.engine.begin() as conn:
+        conn = self._connection()
+        with conn.begin():
             for start in range(0, len(binds), CHUNK):
                 chunk = binds[start : start + CHUNK]
                 params = tuple(value for row in chunk for value in row)
@@ -181,16 +213,58 @@ class LeaseJournal:
                 m = self._mark
                 conn.exec_driver_sql(
                     f"DELETE FROM leases WHERE address = {m} AND mac = {m}", frees)
+        self._dirty = True
+
+    def _connection(self) -> Connection:
+        """The writer's own connection. On SQLite it never checkpoints: a checkpoint
+        fsyncs, and a commit stalled behind one would hold back a whole batch of ACKs."""
+        if self._conn is None or self._conn.closed:
+            self._conn = self.db.engine.connect()
+            if self._sqlite:
+                self._conn.exec_driver_sql("PRAGMA wal_autocheckpoint=0")
+                # Lease pages and both indexes stay in memory: no re-reads per commit.
+                self._conn.exec_driver_sql("PRAGMA cache_size=-65536")
+                self._conn.commit()
+        return self._conn
+
+    def _reset_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.invalidate()
+            except Exception as exc:  # already broken: nothing more to release
+                log.debug("dropping the journal connection: %s", exc)
+
+    def _checkpoint_loop(self) -> None:
+        """Copy the WAL into the database off the commit path, once a second when dirty."""
+        with self.db.engine.connect() as conn:
+            while not self._stopped.wait(CHECKPOINT_INTERVAL):
+                if not self._dirty:
+                    continue
+                self._dirty = False
+                try:
+                    conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+                    conn.commit()
+                except Exception as exc:
+                    self._rlog.warning("checkpoint", "WAL checkpoint failed: %s", exc)
 
     def _row(self, r: LeaseRecord) -> tuple[object, ...]:
         return (ip_text(r.addr), mac_text(r.mac), r.client_id.hex() if r.client_id else None,
                 r.hostname, r.subnet_id, self._time(r.starts), self._time(r.expires))
 
     def _time(self, epoch: float) -> object:
-        moment = datetime.fromtimestamp(epoch, UTC)
-        if self._sqlite:  # the text form SQLAlchemy itself writes on SQLite
-            return moment.strftime("%Y-%m-%d %H:%M:%S.%f")
-        return moment
+        if not self._sqlite:
+            return datetime.fromtimestamp(epoch, UTC)
+        # The text form SQLAlchemy itself writes on SQLite, to the second (rounded up:
+        # a lease must never end earlier on disk than the client was told); a batch
+        # shares a few distinct seconds, so each is formatted once.
+        second = math.ceil(epoch)
+        text = self._times.get(second)
+        if text is None:
+            if len(self._times) > 4096:
+                self._times.clear()
+            text = self._times[second] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second))
+        return text
 
     def _upsert(self, rows: int) -> str:
         sql = self._sql.get(rows)

@@ -72,7 +72,7 @@ class RateLimitedLog:
         self._last: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
 
-    def log(self, key: str, level: int, msg: str, *args: object) -> bool:
+    def log(self, key: str, level: int, msg: str, *args: object, exc_info: bool = False) -> bool:
         """Log unless ``key`` was logged within the interval; return whether it was."""
         now = self._clock()
         last = self._last.get(key)
@@ -83,7 +83,7 @@ class RateLimitedLog:
         skipped = self._suppressed.pop(key, 0)
         if skipped:
             msg += f" ({skipped} more like this in the last {self.interval:g}s)"
-        self.logger.log(level, msg, *args)
+        self.logger.log(level, msg, *args, exc_info=exc_info)
         return True
 
     def warning(self, key: str, msg: str, *args: object) -> bool:

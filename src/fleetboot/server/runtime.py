@@ -22,11 +22,13 @@ log = logging.getLogger("fleetboot.runtime")
 
 
 class Service(Protocol):
-    name: str
-
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
+
+
+def service_name(service: Service) -> str:
+    return str(getattr(service, "name", type(service).__name__))
 
 
 ReloadHook = Callable[[], Awaitable[None]]
@@ -48,7 +50,7 @@ class Runtime:
             for service in self.services:
                 await service.start()
                 started.append(service)
-                log.info("%s started", service.name)
+                log.info("%s started", service_name(service))
         except BaseException:
             for service in reversed(started):
                 with contextlib.suppress(Exception):
@@ -60,7 +62,7 @@ class Runtime:
             try:
                 await service.stop()
             except Exception:
-                log.exception("stopping %s failed", service.name)
+                log.exception("stopping %s failed", service_name(service))
 
     async def watch_inventory(self) -> None:
         while not self._stopping.is_set():
@@ -84,12 +86,14 @@ class Runtime:
     def request_stop(self) -> None:
         self._stopping.set()
 
-    async def run_forever(self) -> None:
+    async def run_forever(self, on_started: Callable[[], None] | None = None) -> None:
         """Start, serve until SIGINT/SIGTERM, stop."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.request_stop)
         await self.start()
+        if on_started is not None:
+            on_started()
         try:
             await self.watch_inventory()
         finally:

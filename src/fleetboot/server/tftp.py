@@ -23,9 +23,11 @@ import argparse
 import asyncio
 import contextlib
 import ipaddress
+import json
 import logging
 import random
 import resource
+import signal
 import socket
 import struct
 import time
@@ -184,6 +186,7 @@ class _Session:
         self.sock = sock
         self.fd = sock.fileno()
         self._recv = sock.recv
+        self._on_ack = machine.on_ack
         self._send = sock.send
         self._reader = file.reader()  # holds its chunks: a busy cache cannot evict them
         self._view = self._reader.view
@@ -210,14 +213,14 @@ class _Session:
         except OSError as exc:  # ICMP port unreachable: the client is gone
             self._peer_gone(exc)
             return
-        machine = self.machine
         if len(packet) >= 4 and packet[1] == 4 and packet[0] == 0:  # ACK, inlined ack_block()
-            window = machine.on_ack((packet[2] << 8) | packet[3], self._now())
-            if window is not None:
+            window = self._on_ack((packet[2] << 8) | packet[3], self._now())
+            if window is not None:  # (a window means the transfer goes on)
                 self.send_window(window)
+                return
         else:
-            self._act(machine.on_packet(packet, self._now()))
-        if machine.outcome is not Outcome.RUNNING:
+            self._act(self.machine.on_packet(packet, self._now()))
+        if self.machine.outcome is not Outcome.RUNNING:
             self.server.finish(self)
 
     def _act(self, action: Window | SendError | None) -> None:
@@ -477,7 +480,7 @@ class TftpServer:
 
     async def _start_session(self, request: Request, client: Address, local: str | None) -> None:
         started = self.loop.time()
-        mac = self.directory.mac_for_address(client[0]) if self.directory else None
+        mac = self._mac_for(client[0])
         name = request.filename
         if self.settings.backslash_is_separator:
             name = name.replace("\\", "/")
@@ -512,6 +515,15 @@ class TftpServer:
         finally:
             self._starting.pop(client, None)
         self._run_session(request, client, file, negotiated, sock, mac, started)
+
+    def _mac_for(self, address: str) -> str | None:
+        if self.directory is None:
+            return None
+        try:
+            return self.directory.mac_for_address(address)
+        except Exception:  # a lease-table bug must not stop booting
+            log.exception("TFTP: looking up the MAC of %s failed", address)
+            return None
 
     async def _open(self, name: str, mode: str, client: Address, mac: str | None) -> BootFile:
         file = await self.source.open(name, RequestContext(client[0], mac, "tftp"))
@@ -688,11 +700,15 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 async def _serve(settings: TftpSettings) -> None:
     server = TftpServer(settings)
     await server.start()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
     print(f"ready {server.address[0]}:{server.address[1]}", flush=True)
     try:
-        await asyncio.Event().wait()
+        await stop.wait()
     finally:
         await server.stop()
+        print(f"stats {json.dumps(server.stats.as_dict())}", flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

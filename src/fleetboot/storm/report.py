@@ -57,7 +57,9 @@ def server_lines(run: StackRun) -> list[str]:
         f"server TCP retransmits {srv.get('server.Tcp.RetransSegs', 0)}",
     ]
     lines.append(f"{run.kind}: simulator used {run.client.get('cpu_s', 0)} s CPU in "
-                 f"{run.client.get('wall_s', 0)} s")
+                 f"{run.client.get('wall_s', 0)} s; host load average "
+                 f"{run.client.get('host.load1_before', 0):.1f} before, "
+                 f"{run.client.get('host.load1_after', 0):.1f} after")
     if run.simulator_drops:
         lines.append(f"{run.kind}: WARNING the simulator itself dropped {run.simulator_drops} "
                      "packets; its figures overstate the server's losses")

@@ -8,6 +8,7 @@ from both, everything torn down again (also on failure).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -86,7 +87,11 @@ def run_stack(plan: StormPlan, kind: StackKind, workdir: Path, files: StormFiles
         try:
             stack.start(net)
             run_plan = plan.for_stack(kind, stack.http_port)
+            load_before = os.getloadavg()[0]
             output = _simulate(net, run_plan, workdir, progress)
+            # Other work on the machine delays every lock-step exchange: keep the load.
+            output.setdefault("client", {}).update(
+                {"host.load1_before": load_before, "host.load1_after": os.getloadavg()[0]})
             server = stack.counters()
         finally:
             stack.stop()

@@ -13,13 +13,13 @@ Both serve byte-identical files (``StormFiles``) on the same addresses.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import random
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -219,11 +219,11 @@ class ClassicStack:
 
     def _dnsmasq_argv(self) -> list[str]:
         nw, base, n = self.plan.network, self.base_url, self.plan.n
-        hosts = sorted(self.plan.nodes, key=lambda x: x.index)
+        first = min(self.plan.nodes, key=lambda x: x.index).address
         return [
             "dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--port=0",
             f"--interface={self._bridge()}", "--bind-interfaces", "--no-ping",
-            f"--dhcp-range={hosts[0].address},{_last(nw.node_net)},{nw.netmask},1h",
+            f"--dhcp-range={first},{_last(nw.node_net)},{nw.netmask},1h",
             f"--dhcp-hostsfile={self.workdir / 'dhcp-hosts'}",
             f"--dhcp-leasefile={self.workdir / 'dnsmasq.leases'}",
             f"--dhcp-lease-max={max(1000, 4 * n)}",
@@ -289,10 +289,7 @@ http {{
 
 
 def _last(cidr: str) -> str:
-    import ipaddress
-
-    net = ipaddress.ip_network(cidr)
-    return str(net.broadcast_address - 1)
+    return str(ipaddress.ip_network(cidr).broadcast_address - 1)
 
 
 def static_config(name: str, address: str, plan: StormPlan) -> dict[str, object]:
@@ -304,7 +301,3 @@ def static_config(name: str, address: str, plan: StormPlan) -> dict[str, object]
         "routes": [], "hosts": {name: address}, "accounts": [], "mounts": [],
         "startup": "", "files": [], "attributes": {},
     }
-
-
-def python_executable() -> str:
-    return sys.executable

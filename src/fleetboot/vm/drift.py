@@ -39,6 +39,13 @@ class PciFunction:
 class PciView:
     functions: tuple[PciFunction, ...]
     unenumerated: frozenset[str] = frozenset()  # root ports whose secondary bus is still 0
+    secondary: tuple[tuple[str, int], ...] = ()  # (bridge, secondary bus number)
+
+    @property
+    def settled(self) -> bool:
+        """Every bridge has a bus number of its own (the firmware has finished numbering)."""
+        numbers = [n for _, n in self.secondary]
+        return not self.unenumerated and len(set(numbers)) == len(numbers)
 
     def by_id(self) -> dict[str, PciFunction]:
         return {f.qdev_id: f for f in self.functions if f.qdev_id}
@@ -50,15 +57,16 @@ def parse_query_pci(result: Any, root_bus: str) -> PciView:
         buses = list(result)
         functions: list[PciFunction] = []
         unenumerated: set[str] = set()
+        secondary: list[tuple[str, int]] = []
         for bus in buses:
-            _walk(bus["devices"], root_bus, functions, unenumerated)
+            _walk(bus["devices"], root_bus, functions, unenumerated, secondary)
     except (KeyError, TypeError) as exc:
         raise QemuError(f"query-pci returned an unexpected structure ({exc})") from None
-    return PciView(tuple(functions), frozenset(unenumerated))
+    return PciView(tuple(functions), frozenset(unenumerated), tuple(secondary))
 
 
-def _walk(devices: Sequence[Mapping[str, Any]], bus_name: str,
-          out: list[PciFunction], unenumerated: set[str]) -> None:
+def _walk(devices: Sequence[Mapping[str, Any]], bus_name: str, out: list[PciFunction],
+          unenumerated: set[str], secondary: list[tuple[str, int]]) -> None:
     for d in devices:
         qdev_id = str(d.get("qdev_id") or "")
         ids = d.get("id", {})
@@ -68,10 +76,12 @@ def _walk(devices: Sequence[Mapping[str, Any]], bus_name: str,
         bridge = d.get("pci_bridge")
         if bridge is None:
             continue
-        child = qdev_id or f"bus{bridge['bus']['secondary']}"
-        if int(bridge["bus"]["secondary"]) == 0:
+        number = int(bridge["bus"]["secondary"])
+        child = qdev_id or f"bus{number}"
+        secondary.append((child, number))
+        if number == 0:
             unenumerated.add(child)
-        _walk(bridge.get("devices", []), child, out, unenumerated)
+        _walk(bridge.get("devices", []), child, out, unenumerated, secondary)
 
 
 @dataclass(frozen=True)

@@ -304,16 +304,23 @@ async def wait_visible(qmp: Qmp, layout: Layout, device: str, timeout: float = 5
 
 
 async def wait_enumerated(qmp: Qmp, layout: Layout, timeout: float = 20.0) -> PciView:
-    """Wait until the firmware has numbered every root port (needs a running guest)."""
+    """Wait until the firmware has numbered every root port (needs a running guest).
+
+    SeaBIOS numbers bridges one after the other, and while it works two ports
+    can briefly share a number (``query-pci`` then lists one port's devices
+    under the other): wait for unique numbers and two equal views in a row.
+    """
     deadline = time.monotonic() + timeout
+    previous: PciView | None = None
     while True:
         view = await query_pci(qmp, layout.root_bus)
-        if not view.unenumerated:
+        if view.settled and view == previous:
             return view
         if time.monotonic() > deadline:
             raise QemuError(f"the firmware did not number the root ports within {timeout} s "
                             f"({', '.join(sorted(view.unenumerated))}); is the VM paused?")
-        await asyncio.sleep(0.02)
+        previous = view
+        await asyncio.sleep(0.05)
 
 
 # ---------------------------------------------------------------------------
@@ -443,24 +450,28 @@ class UnplugStuck(QemuError):
         self.outcome = outcome
 
 
-def netdev_step(qmp: Qmp, props: Mapping[str, Any]) -> Step:
+def _backend_step(qmp: Qmp, add: str, remove: str, props: Mapping[str, Any], key: str,
+                  user: str | None) -> Step:
+    """Add a backend; undo removes it, unless ``user`` (its device) is still in QEMU."""
+    name = str(props[key])
+
     async def run() -> None:
-        await qmp.cmd("netdev_add", props)
+        await qmp.cmd(add, props)
 
     async def undo() -> None:
-        await del_backend(qmp, "netdev_del", {"id": props["id"]})
+        if user is not None and await device_exists(qmp, user):
+            raise QemuError(f"{name} is kept: {user} still uses it")
+        await del_backend(qmp, remove, {key: name})
 
-    return Step(f"netdev_add {props['id']}", run, undo)
+    return Step(f"{add} {name}", run, undo)
 
 
-def blockdev_step(qmp: Qmp, props: Mapping[str, Any]) -> Step:
-    async def run() -> None:
-        await qmp.cmd("blockdev-add", props)
+def netdev_step(qmp: Qmp, props: Mapping[str, Any], user: str | None = None) -> Step:
+    return _backend_step(qmp, "netdev_add", "netdev_del", props, "id", user)
 
-    async def undo() -> None:
-        await del_backend(qmp, "blockdev-del", {"node-name": props["node-name"]})
 
-    return Step(f"blockdev-add {props['node-name']}", run, undo)
+def blockdev_step(qmp: Qmp, props: Mapping[str, Any], user: str | None = None) -> Step:
+    return _backend_step(qmp, "blockdev-add", "blockdev-del", props, "node-name", user)
 
 
 def verify_step(qmp: Qmp, layout: Layout, device: str) -> Step:
@@ -509,16 +520,19 @@ async def migrate(src: Qmp, uri: str, timeout: float) -> dict[str, Any]:
         await asyncio.sleep(0.02)
 
 
-async def wait_status(qmp: Qmp, wanted: Iterable[str], timeout: float) -> str:
-    targets = set(wanted)
+async def wait_incoming_done(qmp: Qmp, timeout: float) -> str:
+    """Wait until a migration destination has left ``inmigrate``; its new run state.
+
+    It runs if the source ran, and stays paused (or in prelaunch, for a source
+    started with -S that never ran) otherwise.
+    """
     deadline = time.monotonic() + timeout
     while True:
         status = str((await qmp.cmd("query-status"))["status"])
-        if status in targets:
+        if status != "inmigrate":
             return status
         if time.monotonic() > deadline:
-            raise QemuError(f"QEMU is {status}, not {' or '.join(sorted(targets))}, "
-                            f"after {timeout:.0f} s")
+            raise QemuError(f"the destination is still receiving after {timeout:.0f} s")
         await asyncio.sleep(0.02)
 
 

@@ -91,6 +91,10 @@ class NotFoundError(VmError, LookupError):
     pass
 
 
+class BusyError(VmError):
+    """Another command holds the instance's lock."""
+
+
 @dataclass(frozen=True)
 class VmSettings:
     """Where VM files go and how long to wait. ``run_dir`` must be short (socket paths)."""
@@ -300,7 +304,10 @@ class VmService:
 
     @contextlib.asynccontextmanager
     async def _locked(self, name: str, timeout: float = 300.0) -> AsyncIterator[None]:
-        """One operation per instance at a time, across processes (an flock)."""
+        """One operation per instance at a time, across processes (an flock).
+
+        ``timeout=0`` tries once and raises :class:`BusyError` if another holds it.
+        """
         self.settings.run_dir.mkdir(parents=True, exist_ok=True)
         path = self.settings.run_dir / f".lock-{name}"
         with open(path, "a+") as handle:
@@ -310,9 +317,9 @@ class VmService:
                     fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     break
                 except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise VmError(f"another fleetboot command is working on {name}; "
-                                      "try again when it has finished") from None
+                    if time.monotonic() >= deadline:
+                        raise BusyError(f"another fleetboot command is working on {name}; "
+                                        "try again when it has finished") from None
                     await asyncio.sleep(0.05)
             try:
                 yield
@@ -339,10 +346,6 @@ class VmService:
         return pinned
 
     # -- definitions -----------------------------------------------------------
-
-    def _taps(self, view: InstanceView, generation: int) -> dict[str, str]:
-        return {n.device: tap_name(view.id, n.device, generation)
-                for n in view.nics if n.backend is NicBackend.BRIDGE}
 
     def _nic_def(self, view: InstanceView, nic: NicInfo, generation: int) -> NicDef:
         if nic.backend is NicBackend.USER:
@@ -386,6 +389,8 @@ class VmService:
                 raise SpecError(f"a VM named {spec.name!r} exists already")
         plan = _initial_plan(spec, extras)
         images = _image_paths(spec, self.settings.image_dir)
+        for disk, path in zip(spec.disks, images, strict=True):
+            _check_default_image(disk, path)
         made = await self._make_images(spec.disks, images)
         try:
             with self.db.session() as s:
@@ -598,16 +603,25 @@ class VmService:
         return self.read(name)
 
     async def show(self, name: str, *, drift: bool = True) -> InstanceView:
-        view = await self.sync(name)
-        process = view.process
-        if not drift or view.status is not VmStatus.RUNNING or process is None:
-            return view
+        """The instance, reconciled with QEMU, with a drift report if it runs.
+
+        While another command works on the instance this only reads (no
+        reconciling, no drift: a half-done hotplug is not drift).
+        """
         try:
-            async with runtime.connected(process) as qmp:
-                report = compare(view.layout, await runtime.observe(qmp, view.layout))
-        except QemuGoneError:
-            return await self.sync(name)
-        return replace(view, drift=report)
+            async with self._locked(name, timeout=0):
+                view = await self.sync(name)
+                process = view.process
+                if not drift or view.status is not VmStatus.RUNNING or process is None:
+                    return view
+                try:
+                    async with runtime.connected(process) as qmp:
+                        report = compare(view.layout, await runtime.observe(qmp, view.layout))
+                except QemuGoneError:
+                    return await self.sync(name)
+                return replace(view, drift=report)
+        except BusyError:
+            return self.read(name)
 
     async def drift(self, name: str) -> DriftReport:
         view = await self.show(name)
@@ -640,6 +654,7 @@ class VmService:
                 raise VmError("mark a boot disk while the VM is stopped (boot order is ABI)")
             devices, path = self._plan_disk(view, spec, State.PLUGGING if running else State.ACTIVE)
             try:
+                _check_default_image(spec, path)
                 created = await self._prepare_image(spec, path)
             except Exception:
                 self._drop(name, devices)
@@ -713,29 +728,34 @@ class VmService:
 
     def _plug_steps(self, view: InstanceView, qmp: Qmp, devices: Sequence[str],
                     clock: dict[str, float]) -> list[Step]:
-        layout, timeout = view.layout, self.settings.unplug_timeout
+        """netdev/blockdev, device_add and a check per device; the last one is timed."""
         steps: list[Step] = []
         for device in devices:
-            nic, disk = view.nic(device), view.disk(device)
-            if nic is not None:
-                nic_def = self._nic_def(view, nic, view.generation)
-                steps += [runtime.netdev_step(qmp, netdev_props(nic_def)),
-                          _timed(runtime.device_step(qmp, nic_device_props(layout, nic_def),
-                                                     timeout), clock, "sent")]
-            elif disk is not None:
-                disk_def = DiskDef(disk.device, disk.path, disk.format)
-                steps += [runtime.blockdev_step(qmp, blockdev_props(disk_def)),
-                          _timed(runtime.device_step(qmp, disk_device_props(layout, disk_def),
-                                                     timeout), clock, "sent")]
-            elif device == planner.SCSI_CONTROLLER_ID:
-                steps.append(runtime.device_step(qmp, controller_props(layout), timeout))
-            else:
-                raise VmError(f"{device} cannot be hot-plugged; stop the VM to add it")
-            if layout.address_of(device) is not None:
-                steps.append(_timed(runtime.verify_step(qmp, layout, device), clock, "visible"))
-            else:
-                steps.append(_exists_step(qmp, device))
+            add, verify = self._device_steps(view, qmp, device)
+            if device == devices[-1]:
+                add[-1] = _timed(add[-1], clock, "sent")
+                verify = _timed(verify, clock, "visible")
+            steps += [*add, verify]
         return steps
+
+    def _device_steps(self, view: InstanceView, qmp: Qmp, device: str) -> tuple[list[Step], Step]:
+        layout, timeout = view.layout, self.settings.unplug_timeout
+        nic, disk = view.nic(device), view.disk(device)
+        if nic is not None:
+            nic_def = self._nic_def(view, nic, view.generation)
+            add = [runtime.netdev_step(qmp, netdev_props(nic_def), device),
+                   runtime.device_step(qmp, nic_device_props(layout, nic_def), timeout)]
+        elif disk is not None:
+            disk_def = DiskDef(disk.device, disk.path, disk.format)
+            add = [runtime.blockdev_step(qmp, blockdev_props(disk_def), device),
+                   runtime.device_step(qmp, disk_device_props(layout, disk_def), timeout)]
+        elif device == planner.SCSI_CONTROLLER_ID:
+            add = [runtime.device_step(qmp, controller_props(layout), timeout)]
+        else:
+            raise VmError(f"{device} cannot be hot-plugged; stop the VM to add it")
+        if layout.address_of(device) is not None:
+            return add, runtime.verify_step(qmp, layout, device)
+        return add, _exists_step(qmp, device)
 
     async def _rollback_plug(self, view: InstanceView, devices: Sequence[str],
                              failure: Exception) -> VmError:
@@ -854,7 +874,7 @@ class VmService:
             real_uri = await runtime.incoming_uri(dst, uri)
             was = str((await src.cmd("query-status"))["status"])
             info = await runtime.migrate(src, real_uri, self.settings.migrate_timeout)
-            await runtime.wait_status(dst, ("running", "paused"), 30)
+            info["destination_status"] = await runtime.wait_incoming_done(dst, 30)
             report = compare(view.layout, await runtime.observe(dst, view.layout))
             if not report.ok:
                 raise DriftError(f"the destination's PCI buses differ from the layout: {report}")
@@ -889,9 +909,14 @@ class VmService:
         if target is not None and target.alive():
             with contextlib.suppress(QemuError):
                 async with runtime.connected(target) as dst:
-                    dst_running = (await dst.cmd("query-status"))["status"] in ("running",
-                                                                                 "paused")
-        if dst_running and target is not None and (source is None or not source.alive()):
+                    # Anything but "inmigrate": the state arrived, the destination owns the VM.
+                    dst_running = (await dst.cmd("query-status"))["status"] != "inmigrate"
+        if dst_running and target is not None:
+            # The state has arrived: the destination is the VM now; the source is a
+            # stale copy that must never run again.
+            if source is not None:
+                await runtime.quit_qemu(source)
+            await self._delete_taps(view, None, view.generation)
             with self.db.session() as s:
                 inst = self._get(s, view.name)
                 inst.status, inst.pid = VmStatus.RUNNING.value, target.pid
@@ -969,6 +994,13 @@ def _initial_plan(spec: CreateSpec, extras: Any) -> _Plan:
 def _image_paths(spec: CreateSpec, image_dir: Path) -> list[str]:
     return [d.path or str(image_dir / f"{spec.name}-disk{i}.qcow2")
             for i, d in enumerate(spec.disks)]
+
+
+def _check_default_image(disk: DiskSpec, path: str) -> None:
+    """An image at a *default* path is a leftover of an earlier VM: never adopt it silently."""
+    if disk.path is None and Path(path).exists():
+        raise SpecError(f"{path} exists already (left by an earlier VM?); give path={path} "
+                        "to use it, or delete it")
 
 
 def _next_id(layout: Layout, prefix: str) -> str:

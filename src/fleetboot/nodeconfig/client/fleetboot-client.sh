@@ -254,7 +254,7 @@ apply_hostname() {
     name=$(value hostname "") || return 0
     case "$name" in "" | null | *[!A-Za-z0-9.-]*) return 0 ;; esac
     hostname "$name" || return 1
-    mkdir -p "$ROOT/etc" && echo "$name" >"$ROOT/etc/hostname"
+    mkdir -p "$ROOT/etc" && echo "$name" >"$ROOT/etc/hostname" && chmod 644 "$ROOT/etc/hostname"
     say "CONFIG hostname name=$name"
 }
 

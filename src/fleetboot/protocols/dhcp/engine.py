@@ -42,6 +42,7 @@ BROADCAST = "255.255.255.255"
 CACHE_LIMIT = 4096
 SEEN_LIMIT = 200_000
 MIN_LEASE = 60
+SMALLEST_LIMIT = o.MIN_MAX_MESSAGE_SIZE - o.IP_UDP_HEADERS  # every client accepts this much
 
 
 class LeaseRecord(NamedTuple):
@@ -95,6 +96,7 @@ class DhcpEngine:
         self._boots: dict[tuple[object, ...], Boot | None] = {}
         self._seen: dict[bytes, int] = {}
         self._texts: dict[int, str] = {}
+        self._sids: dict[int, bytes] = {}
         self.view = view
         self.set_view(view)
 
@@ -128,6 +130,12 @@ class DhcpEngine:
         if self.on_drop is not None:
             self.on_drop(reason, detail)
 
+    def _sid_bytes(self, sid: int) -> bytes:
+        raw = self._sids.get(sid)
+        if raw is None:
+            raw = self._sids[sid] = o.ip_bytes(sid)
+        return raw
+
     def _text(self, addr: int) -> str:
         text = self._texts.get(addr)
         if text is None:
@@ -135,16 +143,6 @@ class DhcpEngine:
                 self._texts.clear()
             text = self._texts[addr] = o.ip_text(addr)
         return text
-
-    def _retransmission(self, mac: bytes, xid: int, mt: int) -> bool:
-        key = (xid << 4) | mt
-        seen = self._seen
-        again = seen.get(mac) == key
-        if not again:
-            if len(seen) >= SEEN_LIMIT:
-                seen.clear()
-            seen[mac] = key
-        return again
 
     # --- entry point -------------------------------------------------------------------------
 
@@ -155,7 +153,8 @@ class DhcpEngine:
         ``local`` is the address of the interface it came in on (0 if unknown);
         ``proxy_port`` is True for the PXE boot-server port 4011 in proxy mode.
         """
-        self._count("rx")
+        counters = self.counters
+        counters["rx"] = counters.get("rx", 0) + 1
         try:
             pkt = decode(data)
         except DhcpDecodeError as exc:
@@ -170,9 +169,16 @@ class DhcpEngine:
             return None
         mt = mt_opt[0]
         mac = pkt.chaddr[:6]
-        again = self._retransmission(mac, pkt.xid, mt)
+        # A repeated (xid, type) from one MAC is a retransmission: firmware timing shows here.
+        key = (pkt.xid << 4) | mt
+        seen = self._seen
+        again = seen.get(mac) == key
         if again:
             self._count("rx.retransmission")
+        else:
+            if len(seen) >= SEEN_LIMIT:
+                seen.clear()
+            seen[mac] = key
         if self.events is not None:
             self._emit_rx(pkt, mt, mac, again, now)
         sid = self._server_id or local
@@ -245,7 +251,11 @@ class DhcpEngine:
 
     def _boot(self, pkt: DhcpPacket, subnet: SubnetInfo, sid: int) -> Boot | None:
         opts = pkt.options
-        vendor = opts.get(o.VENDOR_CLASS, b"")
+        vendor = opts.get(o.VENDOR_CLASS)
+        if vendor is None:
+            if o.USER_CLASS not in opts and o.IPXE_ENCAP not in opts:
+                return None  # the common case under load: an OS client, no boot answer
+            vendor = b""
         ipxe = _is_ipxe(pkt)
         if not (ipxe or vendor.startswith(o.PXE_CLIENT) or vendor.startswith(o.HTTP_CLIENT)):
             return None
@@ -346,7 +356,7 @@ class DhcpEngine:
         server = opts.get(o.SERVER_ID)
         wanted = opts.get(o.REQUESTED_ADDRESS)
         if server is not None:  # SELECTING
-            if server != o.ip_bytes(sid):
+            if server != self._sid_bytes(sid):
                 self.leases.withdraw_offer(mac)
                 self._count("ignored.other_server")
                 return None
@@ -523,10 +533,11 @@ class DhcpEngine:
         size = len(data)
         if size < o.MIN_PACKET:
             data += bytes(o.MIN_PACKET - size)
-        elif size > max_payload(pkt.options.get(o.MAX_MESSAGE_SIZE)):
+        elif size > SMALLEST_LIMIT and size > max_payload(pkt.options.get(o.MAX_MESSAGE_SIZE)):
             data = self._overloaded(mt, pkt, block, siaddr, file, ciaddr, yiaddr)
         dest, arp = self._destination(pkt, mac, yiaddr, ciaddr)
-        self._count("tx")
+        counters = self.counters
+        counters["tx"] = counters.get("tx", 0) + 1
         event = self._tx_event(mt, mac, pkt, yiaddr, boot, now) if self.events else None
         return Reply(data, dest, arp, record, mt, event)
 

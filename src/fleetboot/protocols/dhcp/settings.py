@@ -74,7 +74,7 @@ class DhcpSettings:
     architectures: Mapping[int, ArchBoot] = field(default_factory=default_architectures)
     offer_hold_s: float = 30.0
     decline_hold_s: float = 600.0
-    journal_window_ms: float = 2.0
+    journal_window_ms: float = 5.0  # least time between two lease commits
     journal_max_batch: int = 4096
 
     def __post_init__(self) -> None:

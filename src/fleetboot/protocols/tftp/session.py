@@ -14,7 +14,7 @@ Apprentice bug, and it also holds for windows (RFC 7440).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 
 from fleetboot.protocols.tftp.codec import (
@@ -40,6 +40,9 @@ class Outcome(StrEnum):
     PROTOCOL_ERROR = "protocol-error"  # client sent something illegal
 
 
+_RUNNING = Outcome.RUNNING
+
+
 @dataclass(frozen=True, slots=True)
 class SendError:
     code: int
@@ -49,7 +52,7 @@ class SendError:
 Action = Window | SendError | None
 
 
-@dataclass
+@dataclass(slots=True)
 class SessionStats:
     """Per-session counters, kept by the state machine (fbtftp-style)."""
 
@@ -78,16 +81,19 @@ class TimerPolicy:
     backoff: float = 2.0
 
 
-@dataclass
 class ReadSession:
     """One RRQ being served. Create it, call :meth:`start`, then feed it events."""
 
-    size: int
-    negotiated: Negotiated
-    timers: TimerPolicy = field(default_factory=TimerPolicy)
-    now: float = 0.0
+    # Slots: attribute access on the per-ACK path is measurably cheaper.
+    __slots__ = ("_base_timeout", "_retries", "_timeout", "acked", "blksize", "deadline",
+                 "has_oack", "last_block", "negotiated", "outcome", "sent_upto", "size",
+                 "stats", "timers", "windowsize")
 
-    def __post_init__(self) -> None:
+    def __init__(self, size: int, negotiated: Negotiated, timers: TimerPolicy | None = None,
+                 now: float = 0.0) -> None:
+        self.size = size
+        self.negotiated = negotiated
+        self.timers = timers or TimerPolicy()
         self.blksize = self.negotiated.blksize
         self.windowsize = self.negotiated.windowsize
         self.last_block = self.size // self.blksize + 1  # a short (maybe empty) block ends it
@@ -100,7 +106,7 @@ class ReadSession:
         self._retries = 0
         self.deadline = math.inf
         self.outcome = Outcome.RUNNING
-        self.stats = SessionStats(started_at=self.now)
+        self.stats = SessionStats(started_at=now)
 
     # --- queries -----------------------------------------------------------------
 
@@ -129,7 +135,7 @@ class ReadSession:
         The per-packet path: written out flat, because Python call overhead is
         most of a lock-step transfer's CPU cost.
         """
-        if self.outcome is not Outcome.RUNNING:
+        if self.outcome is not _RUNNING:
             return None
         sent = self.sent_upto
         block = sent - ((sent - wire_block) & MAX_BLOCK)
@@ -143,22 +149,23 @@ class ReadSession:
         if self._retries:
             self._retries = 0
             self._timeout = self._base_timeout
-        if block >= self.last_block:
+        last_block = self.last_block
+        if block >= last_block:
             self._finish(Outcome.DONE, now)
             return None
-        first, last = block + 1, block + self.windowsize
-        if last > self.last_block:
-            last = self.last_block
+        last = block + self.windowsize
+        if last > last_block:
+            last = last_block
         stats = self.stats
-        if first <= sent:  # a partial ACK: part of the window was lost, resend it
-            stats.retransmitted_packets += min(last, sent) - first + 1
+        if block < sent:  # a partial ACK: part of the window was lost, resend it
+            stats.retransmitted_packets += (last if last < sent else sent) - block
         if last > sent:
             self.sent_upto = last
-        stats.packets_sent += last - first + 1
-        end = last * self.blksize
-        stats.bytes_sent += (end if end < self.size else self.size) - block * self.blksize
+        stats.packets_sent += last - block
+        blksize = self.blksize
+        stats.bytes_sent += (last * blksize if last < last_block else self.size) - block * blksize
         self.deadline = now + self._timeout
-        return (first, last)
+        return (block + 1, last)
 
     def on_packet(self, packet: bytes, now: float) -> Action:
         """Any datagram from the client; ACKs may also go straight to :meth:`on_ack`."""

@@ -107,6 +107,8 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_passthrough_claims")),
         # One claim per device: the database's own guard against double allocation.
         sa.UniqueConstraint("device_id", name=op.f("uq_passthrough_claims_device_id")),
+        sa.UniqueConstraint("instance_uuid", "port", "incoming",
+                            name=op.f("uq_passthrough_claims_instance_uuid")),
     )
     with op.batch_alter_table("passthrough_claims", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_passthrough_claims_instance_uuid"),

@@ -1,0 +1,45 @@
+"""``fleetboot serve``: run DHCP, TFTP, HTTP boot and node configuration in one process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import typer
+
+from fleetboot.cli.common import console, friendly_errors, state
+
+app = typer.Typer()
+
+
+@app.command("serve")
+@friendly_errors
+def serve(
+    ctx: typer.Context,
+    log_level: str = typer.Option("info", help="debug | info | warning | error"),
+    ready_file: Path | None = typer.Option(
+        None, help="write this file once every service listens (for scripts and tests)"),
+) -> None:
+    """Serve DHCP+PXE, TFTP, HTTP boot and node configuration until SIGINT/SIGTERM."""
+    from fleetboot.server.assemble import assemble
+
+    logging.basicConfig(level=log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    cli = state(ctx)
+    settings = cli.settings
+    assembly = assemble(settings, cli.db)
+    console.print(f"fleetboot serving {settings.server_address} "
+                  f"(database {settings.database.url}, boot root {settings.boot_root})")
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        runner = asyncio.run
+    def started() -> None:
+        if ready_file is not None:
+            ready_file.write_text("ready\n")
+
+    runner(assembly.runtime.run_forever(started))

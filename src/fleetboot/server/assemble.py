@@ -1,0 +1,63 @@
+"""Wires the services of one Fleetboot process together from the configuration.
+
+DHCP owns the lease table, which is also the directory that identifies HTTP and
+TFTP clients; every service reports boot events to the node-config service,
+which turns them into node states and timelines; TFTP and HTTP share one
+boot-file source (and its chunk cache).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from fleetboot.boot.files import BootFileSource
+from fleetboot.config import Settings, admin_token
+from fleetboot.inventory.db import Database
+from fleetboot.nodeconfig.service import NodeConfigService, NodeConfigSettings
+from fleetboot.server.dhcp import DhcpService, settings_from_config
+from fleetboot.server.http import HttpService, create_app
+from fleetboot.server.runtime import Runtime, Service
+from fleetboot.server.tftp import TftpServer, TftpSettings
+
+
+@dataclass
+class Assembly:
+    runtime: Runtime
+    dhcp: DhcpService
+    tftp: TftpServer | None
+    http: HttpService | None
+    nodeconfig: NodeConfigService
+    source: BootFileSource
+
+
+def tftp_settings(settings: Settings) -> TftpSettings:
+    t = settings.tftp
+    return TftpSettings(root=Path(settings.boot_root), port=t.port, max_blksize=t.max_blksize,
+                        timeout=t.timeout_s, retries=t.retries, max_sessions=t.max_sessions)
+
+
+def assemble(settings: Settings, db: Database | None = None) -> Assembly:
+    """Build (not start) every enabled service of the process."""
+    db = db or Database(settings.database.url)
+    Path(settings.boot_root).mkdir(parents=True, exist_ok=True)
+    source = BootFileSource(settings.boot_root)
+    dhcp = DhcpService(settings_from_config(settings), db)
+    nodeconfig = NodeConfigService(db, dhcp, NodeConfigSettings.from_settings(settings),
+                                   admin_token=admin_token(settings))
+    dhcp.events = nodeconfig.sink
+    services: list[Service] = [nodeconfig]
+    if settings.dhcp.enabled:
+        services.append(dhcp)
+    tftp = None
+    if settings.tftp.enabled:
+        tftp = TftpServer(tftp_settings(settings), source, events=nodeconfig.sink, directory=dhcp)
+        services.append(tftp)
+    http = None
+    if settings.http.enabled:
+        app = create_app(settings, db, dhcp, nodeconfig.sink, source=source,
+                         extra_routes=nodeconfig.routes(), cmdline_hook=nodeconfig.cmdline_hook)
+        http = HttpService.from_settings(app, settings, protocol=nodeconfig.http_protocol())
+        services.append(http)
+    runtime = Runtime(db, services, reload_hooks=[dhcp.reload, nodeconfig.reload])
+    return Assembly(runtime, dhcp, tftp, http, nodeconfig, source)
