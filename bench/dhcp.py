@@ -163,6 +163,16 @@ def wait_ready(lab: Lab, proc: subprocess.Popen[bytes], work: Path) -> None:
     raise SystemExit("server did not answer within 30 s")
 
 
+def udp_errors(lab: Lab) -> tuple[int, int]:
+    """UDP receive-buffer overflows so far in the server and the client namespace."""
+    counts = []
+    for ns in (lab.server, lab.client):
+        lines = [line.split() for line in ns.run(["cat", "/proc/net/snmp"]).stdout.splitlines()
+                 if line.startswith("Udp:")]
+        counts.append(int(lines[1][lines[0].index("RcvbufErrors")]))
+    return counts[0], counts[1]
+
+
 def parse(output: str, seconds: int) -> tuple[float, float]:
     """(completed 4-way exchanges per second, worse drop ratio in percent).
 
@@ -181,20 +191,23 @@ def measure(lab: Lab, start: Starter, rate: int, seconds: int, root: Path) -> St
     proc = start(lab, work)
     try:
         wait_ready(lab, proc, work)
+        before = udp_errors(lab)
         # -W: after the period, wait 0.5 s for answers still on their way (no new
         # requests), so in-flight replies are not counted as drops for any server.
         run = perfdhcp(lab, "-r", str(rate), "-R", "1000000000", "-p", str(seconds),
                        "-W", "500000", timeout=seconds + 60)
+        after = udp_errors(lab)
     finally:
         stop(proc)
     achieved, drops = parse(run.stdout, seconds)
-    extra = ""
+    lost = [a - b for a, b in zip(after, before, strict=True)]
+    extra = f"[socket overflows: server {lost[0]}, perfdhcp {lost[1]}] " if any(lost) else ""
     stats = work / "stats.json"
     if stats.exists():
         counters = json.loads(stats.read_text())
         batches = counters.get("dhcp.journal.batches", 0)
         if batches:
-            extra = (f"{counters.get('dhcp.journal.records', 0) / batches:.0f} leases/commit, "
+            extra += (f"{counters.get('dhcp.journal.records', 0) / batches:.0f} leases/commit, "
                      f"max commit {counters.get('dhcp.journal.commit_us_max', 0) / 1000:.0f} ms")
     shutil.rmtree(work, ignore_errors=True)
     return Step(rate, achieved, drops, drops <= DROP_LIMIT, extra)

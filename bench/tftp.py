@@ -24,7 +24,8 @@ Scenarios (MB/s = 10^6 bytes per second of file data):
 
 On the direct link each measurement is repeated (``--reps``, servers
 interleaved) and the best is kept, because the machine is shared; the delayed
-link is latency-bound and runs once.
+link is latency-bound and runs ``--delayed-reps`` times (default once). All
+clients run at ``nice 10`` (see ``NICE``), the servers at normal priority.
 
 Usage (root)::
 
@@ -63,6 +64,10 @@ sys.path.insert(0, str(REPO / "src"))
 from fleetboot.lab.netns import Lab, Namespace, run, unique_name  # noqa: E402
 
 MiB = 1 << 20
+# Clients run niced: on a real network they are other machines and do not compete with
+# the server for CPU. With 20 curl processes at equal priority, a one-process server
+# gets 1/21 of the CPU by fair share, a fork-per-transfer server half of it.
+NICE = ["nice", "-n", "10"]
 SERVERS = ("fleetboot", "tftpd-hpa", "dnsmasq", "py3tftp")
 HOST_SUFFIX = {"fleetboot": 1, "tftpd-hpa": 11, "dnsmasq": 12, "py3tftp": 13}
 
@@ -306,7 +311,8 @@ def servers_running(link: Link, root: Path, names: Sequence[str]) -> Iterator[No
 
 def client_run(link: Link, args: list[str], timeout: float = 600) -> dict[str, Any]:
     """Run this script's asyncio client in the client namespace; it prints one JSON line."""
-    argv = link.client.exec_argv([sys.executable, str(Path(__file__).resolve()), "client", *args])
+    argv = link.client.exec_argv([*NICE, sys.executable, str(Path(__file__).resolve()), "client",
+                                  *args])
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
                           env=dict(os.environ, PYTHONPATH=str(REPO / "src")))
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -325,15 +331,15 @@ def timed(argvs: list[list[str]], timeout: float = 900) -> tuple[float, list[int
 
 
 def curl(link: Link, server: str, name: str, blksize: int, out: Path) -> list[str]:
-    return link.client.exec_argv(["curl", "-sS", "--tftp-blksize", str(blksize), "-o", str(out),
-                                  f"tftp://{link.ip(server)}/{name}"])
+    return link.client.exec_argv([*NICE, "curl", "-sS", "--tftp-blksize", str(blksize),
+                                  "-o", str(out), f"tftp://{link.ip(server)}/{name}"])
 
 
 def atftp(link: Link, server: str, name: str, blksize: int, window: int, out: Path) -> list[str]:
     options = ["--option", f"blksize {blksize}"]
     if window > 1:
         options += ["--option", f"windowsize {window}"]
-    return link.client.exec_argv(["atftp", *options, "-g", "-r", name, "-l", str(out),
+    return link.client.exec_argv([*NICE, "atftp", *options, "-g", "-r", name, "-l", str(out),
                                   link.ip(server)])
 
 

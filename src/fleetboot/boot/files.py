@@ -134,8 +134,10 @@ class BootFile(ABC):
         return self
 
     async def read(self, offset: int, length: int) -> bytes:
+        return await self._read(self.reader(), offset, length)
+
+    async def _read(self, reader: BlockReader, offset: int, length: int) -> bytes:
         length = max(0, min(length, self.size - offset))
-        reader = self.reader()
         data = reader.view(offset, length)
         if data is None:
             await reader.load(offset, length)
@@ -148,9 +150,11 @@ class BootFile(ABC):
                          chunk: int = 256 * 1024) -> AsyncIterator[bytes]:
         """The bytes of ``[start, end)``, in pieces (HTTP bodies, Range requests)."""
         stop = self.size if end is None else min(end, self.size)
+        reader = self.reader()  # one reader: it holds its chunks across pieces
         offset = start
         while offset < stop:
-            piece = await self.read(offset, min(chunk, stop - offset))
+            reader.prefetch(offset + chunk)
+            piece = await self._read(reader, offset, min(chunk, stop - offset))
             yield piece
             offset += len(piece)
 

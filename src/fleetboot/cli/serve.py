@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from pathlib import Path
 
 import typer
+import uvloop
 
 from fleetboot.cli.common import console, friendly_errors, state
 
@@ -32,14 +32,9 @@ def serve(
     assembly = assemble(settings, cli.db)
     console.print(f"fleetboot serving {settings.server_address} "
                   f"(database {settings.database.url}, boot root {settings.boot_root})")
-    try:
-        import uvloop
 
-        runner = uvloop.run
-    except ImportError:  # pragma: no cover - uvloop is a dependency
-        runner = asyncio.run
     def started() -> None:
         if ready_file is not None:
             ready_file.write_text("ready\n")
 
-    runner(assembly.runtime.run_forever(started))
+    uvloop.run(assembly.runtime.run_forever(started))

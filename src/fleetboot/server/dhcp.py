@@ -188,17 +188,22 @@ class DhcpService:
         # cyclic collector's full passes, which otherwise rescan them again and again.
         gc.freeze()
         self.listeners = open_listeners(self.settings)
-        self.engine = DhcpEngine(
-            self.settings, view, self.leases, events=self.events, on_drop=self._on_drop,
-            server_addresses=tuple(lst.local for lst in self.listeners if lst.local))
-        self._report_view(view)
-        self.metrics.register("dhcp", self.engine.counters)
-        self.journal = LeaseJournal(
-            self.db, self._committed, loop=loop, window_s=self.settings.journal_window_ms / 1000,
-            max_batch=self.settings.journal_max_batch, metrics=self.metrics)
-        self.journal.start()
-        for listener in self.listeners:
-            loop.add_reader(listener.sock.fileno(), self._readable, listener)
+        try:
+            self.engine = DhcpEngine(
+                self.settings, view, self.leases, events=self.events, on_drop=self._on_drop,
+                server_addresses=tuple(lst.local for lst in self.listeners if lst.local))
+            self._report_view(view)
+            self.metrics.register("dhcp", self.engine.counters)
+            self.journal = LeaseJournal(
+                self.db, self._committed, loop=loop,
+                window_s=self.settings.journal_window_ms / 1000,
+                max_batch=self.settings.journal_max_batch, metrics=self.metrics)
+            self.journal.start()
+            for listener in self.listeners:
+                loop.add_reader(listener.sock.fileno(), self._readable, listener)
+        except BaseException:
+            await self.stop()
+            raise
         log.info("DHCP%s serving on %s with %d subnets, %d leases loaded",
                  " (proxy)" if self.settings.proxy else "",
                  ", ".join(f"{lst.ifname or '*'}/{ip_text(lst.local)}:{lst.sock.getsockname()[1]}"

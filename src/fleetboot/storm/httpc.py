@@ -35,6 +35,8 @@ class Response:
     size: int  # body bytes received
     body: bytes = b""  # empty unless the body was kept
     will_close: bool = False
+    connect_s: float = 0.0  # time spent opening a TCP connection for this request (0: reused)
+    head_s: float = 0.0  # from sending the request to the end of the response head
 
 
 @dataclass
@@ -64,6 +66,10 @@ class ResponseParser:
                 return self._response, used
         used += self._feed_body(data[used:])
         return (self._response if self.done else None), used
+
+    @property
+    def has_head(self) -> bool:
+        return self._response is not None
 
     def eof(self) -> Response:
         """The connection closed: complete a read-until-close body, or fail."""
@@ -192,6 +198,7 @@ class _Protocol(asyncio.BufferedProtocol):
         self.waiter: asyncio.Future[Response] | None = None
         self.closed = False
         self.last_progress = 0.0
+        self.head_at = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -209,6 +216,8 @@ class _Protocol(asyncio.BufferedProtocol):
         except HttpError as exc:
             self._fail(exc)
             return
+        if self.head_at == 0.0 and self.parser.has_head:
+            self.head_at = self.last_progress
         if response is not None:
             self.waiter.set_result(response)
 
@@ -246,6 +255,7 @@ class HttpClient:
         self.user_agent = user_agent
         self._conn: tuple[str, int, _Protocol] | None = None
         self.connections = 0  # TCP connections opened
+        self.last: Response | None = None  # the last complete response
 
     async def request(
         self,
@@ -261,14 +271,18 @@ class HttpClient:
             raise HttpError(f"cannot fetch {url!r}: only http:// URLs are supported")
         host, port = parts.hostname, parts.port or 80
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         proto = await self._connection(host, port)
+        connected = loop.time()
         lines = [f"{method} {target} HTTP/1.1", f"Host: {parts.netloc}",
                  f"User-Agent: {self.user_agent}", "Connection: keep-alive"]
         lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
         if body or method in ("POST", "PUT"):
             lines.append(f"Content-Length: {len(body)}")
         proto.parser = ResponseParser(keep_body=keep_body, head_only=method == "HEAD")
-        proto.waiter = asyncio.get_running_loop().create_future()
+        proto.waiter = loop.create_future()
+        proto.head_at = 0.0
         assert proto.transport is not None
         proto.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
         try:
@@ -276,6 +290,9 @@ class HttpClient:
         except BaseException:
             self.close()
             raise
+        response.connect_s = connected - started
+        response.head_s = (proto.head_at or loop.time()) - connected
+        self.last = response
         if response.will_close:
             self.close()
         return response

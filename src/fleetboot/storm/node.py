@@ -130,6 +130,15 @@ class _Recorder:
         return value
 
 
+def _timing(http: HttpClient) -> dict[str, Any]:
+    """Where the last request's time went: opening the connection, waiting for the answer."""
+    last = http.last
+    if last is None:
+        return {}
+    return {"connect_ms": round(last.connect_s * 1000, 2), "head_ms": round(last.head_s * 1000, 2),
+            "status": last.status}
+
+
 def _lease_detail(lease: dhcpc.Lease) -> dict[str, Any]:
     return {"address": lease.address, "file": lease.file}
 
@@ -165,7 +174,8 @@ async def _boot(spec: NodeSpec, ctx: Context, rec: _Recorder) -> None:
         lambda lz: lz.retries, _lease_detail)
     http = HttpClient(ilease.address, timing.http_idle_s)
     try:
-        script = await rec.phase("script", lambda: _fetch_script(http, spec, ilease))
+        script = await rec.phase("script", lambda: _fetch_script(http, spec, ilease),
+                                 detail_of=lambda _: _timing(http))
         await _load_images(rec, http, script)
     finally:
         http.close()  # the OS takes over: iPXE's connection goes away
@@ -178,9 +188,11 @@ async def _boot(spec: NodeSpec, ctx: Context, rec: _Recorder) -> None:
     booted = Booted(spec, olease.address, script, olease.server_id)
     os_http = HttpClient(olease.address, timing.http_idle_s, user_agent="storm-node/1")
     try:
-        await rec.phase("config", lambda: ctx.agent.fetch_config(os_http, booted))
+        await rec.phase("config", lambda: ctx.agent.fetch_config(os_http, booted),
+                        detail_of=lambda _: _timing(os_http))
         os_http.close()  # a shell client: one connection per request
-        await rec.phase("up", lambda: ctx.agent.report_up(os_http, booted))
+        await rec.phase("up", lambda: ctx.agent.report_up(os_http, booted),
+                        detail_of=lambda _: _timing(os_http))
     finally:
         os_http.close()
 
@@ -221,7 +233,9 @@ async def _load_images(rec: _Recorder, http: HttpClient, script: ipxe.BootScript
 
 
 def _size(response: Response | int) -> dict[str, Any]:
-    return {"size": response.size if isinstance(response, Response) else response}
+    if isinstance(response, Response):
+        return {"size": response.size, "head_ms": round(response.head_s * 1000, 2)}
+    return {"size": response}
 
 
 async def _download(http: HttpClient, url: str) -> Response:

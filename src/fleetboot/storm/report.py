@@ -12,7 +12,7 @@ from rich.table import Table
 
 from fleetboot.storm.plan import PHASES
 from fleetboot.storm.runner import StackRun
-from fleetboot.storm.stats import PhaseSummary, result_line
+from fleetboot.storm.stats import PhaseSummary, detail_percentiles, result_line
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -63,6 +63,13 @@ def server_lines(run: StackRun) -> list[str]:
     if run.simulator_drops:
         lines.append(f"{run.kind}: WARNING the simulator itself dropped {run.simulator_drops} "
                      "packets; its figures overstate the server's losses")
+    for phase in ("script", "config", "up"):
+        connect = detail_percentiles(run.results, phase, "connect_ms")
+        head = detail_percentiles(run.results, phase, "head_ms")
+        if connect and head:
+            lines.append(f"{run.kind}: {phase} over HTTP: connect p50/p90/max "
+                         f"{connect[0]:.0f}/{connect[1]:.0f}/{connect[2]:.0f} ms, answer "
+                         f"p50/p90/max {head[0]:.0f}/{head[1]:.0f}/{head[2]:.0f} ms")
     for reason, count in run.summary.errors:
         lines.append(f"{run.kind}: {count} node(s) failed: {reason}")
     return lines

@@ -137,6 +137,16 @@ def summarize(results: Iterable[NodeResult], extra_retries: int = 0) -> StormSum
     )
 
 
+def detail_percentiles(results: Iterable[NodeResult], phase: str,
+                       key: str) -> tuple[float, float, float] | None:
+    """p50, p90 and max of a numeric ``detail[key]`` of one phase over all nodes."""
+    values = [float(rec.detail[key]) for node in results for rec in node.phases
+              if rec.name == phase and isinstance(rec.detail.get(key), int | float)]
+    if not values:
+        return None
+    return percentile(values, 50), percentile(values, 90), max(values)
+
+
 def result_line(n: int, summaries: dict[str, StormSummary]) -> str:
     """The benchmark's final line; a stack that was not run is reported as ``nan``/-1."""
     parts = [f"RESULT storm n={n}"]
