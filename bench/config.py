@@ -236,6 +236,22 @@ class Run:
     max_ms: float
     requests: int
     errors: dict[str, int]
+    cpu_us: float = 0.0  # server CPU time per request: a capacity figure other load barely moves
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of these processes and their children threads (from /proc)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / CLK_TCK
 
 
 def parse_wrk(server: str, output: str) -> Run:
@@ -297,6 +313,13 @@ class Bench:
              "-e", str(self.tmp / "nginx-error.log")]))
         time.sleep(1.0)
         return ready
+
+    def server_pids(self, server: str) -> list[int]:
+        """The Fleetboot process, or nginx's master and worker."""
+        proc = self.procs[0 if server == "fleetboot" else 1]
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+        kids = [int(p) for p in children.read_text().split()] if children.exists() else []
+        return [proc.pid, *kids]
 
     def curl(self, port: int, token: str) -> tuple[int, str]:
         url = f"http://{DST_PREFIX}{DST_FIRST}:{port}/v1/self/config"
@@ -379,11 +402,14 @@ def run_bench(args: argparse.Namespace) -> None:
             for _ in range(args.rounds):
                 for server, port in (("fleetboot", FLEETBOOT_PORT), ("nginx", NGINX_PORT)):
                     bench.wrk(port, args.warmup)
+                    pids = bench.server_pids(server)
+                    cpu = cpu_seconds(pids)
                     run = parse_wrk(server, bench.wrk(port, args.duration))
+                    run.cpu_us = (cpu_seconds(pids) - cpu) / max(run.requests, 1) * 1e6
                     runs.append(run)
                     print(f"{server:9} {run.rps:9.0f} req/s  p50 {run.p50_ms:6.2f} ms  "
                           f"p99 {run.p99_ms:6.2f} ms  max {run.max_ms:7.2f} ms  "
-                          f"errors {run.errors}", flush=True)
+                          f"cpu {run.cpu_us:5.1f} us/req  errors {run.errors}", flush=True)
         finally:
             stats = bench.close()
     report(args, runs, stats)
@@ -400,8 +426,11 @@ def report(args: argparse.Namespace, runs: list[Run], stats: dict[str, Any]) -> 
     print(f"\n{args.nodes} nodes, {args.threads} connections (one node each, "
           f"{args.per_conn} requests, then the next node), {args.rounds} alternating round(s) "
           f"of {args.duration:.0f} s, loop {args.loop}, {args.path} path; medians of rounds")
+    fb_cpu, ng_cpu = median("fleetboot", "cpu_us"), median("nginx", "cpu_us")
     print(f"fleetboot {fb:.0f} req/s (p99 {p99:.2f} ms, worst round {worst:.2f} ms), "
           f"nginx {ng:.0f} req/s (p99 {ng_p99:.2f} ms): fleetboot/nginx = {fb / ng:.0%}")
+    print(f"server CPU per request: fleetboot {fb_cpu:.1f} us, nginx {ng_cpu:.1f} us: "
+          f"one core's capacity ratio = {ng_cpu / fb_cpu:.0%}" if fb_cpu > 0 else "")
     print(f"request errors (both servers) = {errors}; server: {stats.get('fetches', '?')} "
           f"answered, denied {stats.get('denied', '?')}, {args.nodes} documents rendered in "
           f"{stats.get('render_s', 0):.2f} s, timeline rows {stats.get('timeline_written')}")

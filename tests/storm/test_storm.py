@@ -15,9 +15,11 @@ from pathlib import Path
 import pytest
 
 from fleetboot.lab import netns
-from fleetboot.storm.plan import PHASES, KiB, Payload, make_plan
+from fleetboot.storm.plan import PHASES, KiB, Payload, Timing, make_plan
 from fleetboot.storm.report import draw, print_report
-from fleetboot.storm.runner import StackRun, run_storm
+from fleetboot.storm.runner import StackRun, run_storm, simulate_in
+from fleetboot.storm.stats import NodeResult, summarize
+from fleetboot.storm.topology import StormNet
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
@@ -69,3 +71,19 @@ def test_fleetboot_boots_a_small_storm(tmp_path: Path) -> None:
     assert line.startswith(f"RESULT storm n={N} fleetboot_s=")
     draw(runs, tmp_path / "storm.png")
     assert (tmp_path / "storm.png").stat().st_size > 0
+
+
+def test_nodes_that_get_no_answer_fail_in_their_phase_after_their_schedule(
+        tmp_path: Path) -> None:
+    """No server at all: every node retransmits on its schedule, then fails in pxe_dhcp."""
+    _require()
+    plan = make_plan(3, 0.0, 7, timing=Timing(pxe_discover=(0.2, 0.3, 0.4)),
+                     payload=PAYLOAD).for_stack("classic", 80)
+    with StormNet.create(plan.network) as net:
+        output = simulate_in(net, plan, tmp_path)
+    results = [NodeResult.from_dict(n) for n in output["nodes"]]
+    assert [r.failed_phase for r in results] == ["pxe_dhcp"] * 3
+    assert all(r.retries == 2 and r.error == "no OFFER after 3 tries" for r in results)
+    assert all(r.phases[0].duration >= 0.9 for r in results)
+    summary = summarize(results)
+    assert (summary.up, summary.failed, summary.retries) == (0, 3, 6)

@@ -1,29 +1,48 @@
 """Run a real ``fleetboot serve`` inside a lab namespace, as tests, benches and the demo do.
 
 ``FleetbootServer.start`` writes a configuration file and an inventory into a
-work directory, imports the inventory with the real CLI, starts the server in
-the lab's server namespace and waits until every service listens. ``close``
-stops it (SIGTERM, then SIGKILL) and always reaps it.
+work directory, stores boot images and imports the inventory with the real CLI
+(``fleetboot image add``, ``fleetboot inventory import``, then any further
+set-up commands such as ``fleetboot config set``), starts the server in the
+lab's server namespace and waits until every service listens. ``close`` stops
+it (SIGTERM, then SIGKILL) and always reaps it.
+
+    kernel = image_path(vmlinuz, "vmlinuz")           # where `image add` will store it
+    inventory = {"profiles": [{"name": "lab", "kernel": kernel, ...}], ...}
+    with FleetbootServer.start(lab, workdir, inventory, images={"vmlinuz": vmlinuz},
+                               setup=[["config", "set", "n1", "hostname", "web1"]]) as server:
+        ...                                           # boot VMs
+    events = server.timeline("n1")                    # `fleetboot timeline n1 --json`
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import re
+import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from fleetboot.boot.images import IMAGES_DIR, PREFIX_LEN
 from fleetboot.lab.netns import Lab
 
 IPXE_DIR = Path("/usr/lib/ipxe")
 BOOT_PROGRAMS = ("undionly.kpxe", "snponly.efi", "ipxe.efi")
+# Rich tables (`fleetboot nodes`, `timeline`) wrap at the terminal width; a pipe has
+# none, so give the CLI a wide one and its rows stay on one line each.
+CLI_COLUMNS = "200"
+_STORED = re.compile(rf"{IMAGES_DIR}/[0-9a-f]{{{PREFIX_LEN}}}/\S+")
 
 
 class FleetError(RuntimeError):
@@ -33,6 +52,40 @@ class FleetError(RuntimeError):
 def fleetboot_argv(*args: str) -> list[str]:
     """The CLI of this very installation (the venv's interpreter)."""
     return [sys.executable, "-m", "fleetboot.cli", *args]
+
+
+def image_path(source: Path, name: str | None = None) -> str:
+    """Where ``fleetboot image add SOURCE --name NAME`` stores a file (content-addressed),
+    so an inventory can name an image before the server exists."""
+    sha = hashlib.sha256()
+    with source.open("rb") as handle:
+        while block := handle.read(1 << 20):
+            sha.update(block)
+    return f"{IMAGES_DIR}/{sha.hexdigest()[:PREFIX_LEN]}/{name or source.name}"
+
+
+def _cli_env(config_path: Path) -> dict[str, str]:
+    env = {**os.environ, "FLEETBOOT_CONFIG": str(config_path), "COLUMNS": CLI_COLUMNS}
+    env.pop("FLEETBOOT_DB", None)
+    return env
+
+
+def _run_all(commands: Sequence[Sequence[str]], env: Mapping[str, str],
+             cwd: Path) -> list[str]:
+    """Run CLI commands in parallel (each one is mostly interpreter start-up); their
+    outputs in order. Any failure raises FleetError naming the command."""
+    procs = [(cmd, subprocess.Popen(fleetboot_argv(*cmd), env=dict(env), cwd=cwd, text=True,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+             for cmd in commands]
+    outputs, failed = [], []
+    for cmd, proc in procs:
+        out, err = proc.communicate()
+        outputs.append(out)
+        if proc.returncode != 0:
+            failed.append(f"fleetboot {' '.join(cmd)}: {(err or out).strip()}")
+    if failed:
+        raise FleetError("set-up failed:\n" + "\n".join(failed))
+    return outputs
 
 
 def install_boot_programs(boot_root: Path) -> None:
@@ -53,6 +106,9 @@ class FleetbootServer:
     log_path: Path
     http_port: int
     extra_env: dict[str, str] = field(default_factory=dict)
+    # name -> path under the boot root of each image stored by `start(images=...)`
+    images: dict[str, str] = field(default_factory=dict)
+    admin_token: str | None = None
 
     @classmethod
     def start(
@@ -65,7 +121,13 @@ class FleetbootServer:
         http_port: int = 8080,
         database_url: str | None = None,
         timeout_s: float = 30.0,
+        images: Mapping[str, Path] | None = None,
+        setup: Sequence[Sequence[str]] = (),
     ) -> FleetbootServer:
+        """``images`` (name -> file) are stored with ``fleetboot image add`` before the
+        inventory is imported (``image_path`` tells where, for the inventory's profiles);
+        ``setup`` commands (CLI arguments) run after the import, before the server starts.
+        The admin API gets a random token (``admin_json``) unless ``config`` sets one."""
         workdir.mkdir(parents=True, exist_ok=True)
         boot_root = workdir / "bootroot"
         install_boot_programs(boot_root)
@@ -75,6 +137,7 @@ class FleetbootServer:
             "database": {"url": database_url or f"sqlite:///{workdir}/fleetboot.db"},
             "http": {"port": http_port},
             "dhcp": {"interfaces": [lab.server_dev]},
+            "security": {"admin_token": secrets.token_hex(16)},
         }
         for key, value in (config or {}).items():
             if isinstance(value, dict) and isinstance(settings.get(key), dict):
@@ -86,12 +149,14 @@ class FleetbootServer:
         inv_path = workdir / "inventory.yaml"
         inv_path.write_text(inventory if isinstance(inventory, str)
                             else yaml.safe_dump(inventory, sort_keys=False))
-        env = {**os.environ, "FLEETBOOT_CONFIG": str(config_path)}
-        env.pop("FLEETBOOT_DB", None)
+        env = _cli_env(config_path)
+        stored = _store_images(images or {}, env, workdir)
         imported = subprocess.run(fleetboot_argv("inventory", "import", str(inv_path)),
                                   env=env, capture_output=True, text=True)
         if imported.returncode != 0:
             raise FleetError(f"inventory import failed: {imported.stderr or imported.stdout}")
+        if setup:
+            _run_all(setup, env, workdir)
         ready = workdir / "ready"
         ready.unlink(missing_ok=True)
         log_path = workdir / "fleetboot.log"
@@ -100,7 +165,10 @@ class FleetbootServer:
                 lab.server.exec_argv(fleetboot_argv("serve", "--ready-file", str(ready))),
                 stdout=log, stderr=subprocess.STDOUT, env=env, cwd=workdir,
             )
-        server = cls(lab, workdir, process, config_path, log_path, http_port)
+        security = settings.get("security") or {}
+        token = None if security.get("admin_token_file") else security.get("admin_token")
+        server = cls(lab, workdir, process, config_path, log_path, http_port, images=stored,
+                     admin_token=token)
         server._wait_ready(ready, timeout_s)
         return server
 
@@ -116,15 +184,40 @@ class FleetbootServer:
     def url(self) -> str:
         return f"http://{self.lab.server_ip}:{self.http_port}"
 
+    @property
+    def database_url(self) -> str:
+        """The inventory the server uses (tests read timelines from it directly)."""
+        settings = yaml.safe_load(self.config_path.read_text())
+        return str(settings["database"]["url"])
+
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run a ``fleetboot`` command against this server's configuration."""
-        env = {**os.environ, "FLEETBOOT_CONFIG": str(self.config_path)}
-        env.pop("FLEETBOOT_DB", None)
-        result = subprocess.run(fleetboot_argv(*args), env=env, capture_output=True, text=True,
-                                cwd=self.workdir)
+        result = subprocess.run(fleetboot_argv(*args), env=_cli_env(self.config_path),
+                                capture_output=True, text=True, cwd=self.workdir)
         if check and result.returncode != 0:
             raise FleetError(f"fleetboot {' '.join(args)} failed: {result.stderr}{result.stdout}")
         return result
+
+    def timeline(self, node: str, boot: int | None = None) -> list[dict[str, Any]]:
+        """``fleetboot timeline NODE --json``: one boot's events (default: the latest)."""
+        args = ["timeline", node, "--json"] + ([] if boot is None else ["--boot", str(boot)])
+        output = self.cli(*args).stdout
+        if not output.lstrip().startswith("["):  # "no recorded events for ..."
+            return []
+        events: list[dict[str, Any]] = json.loads(output)
+        return events
+
+    def admin_json(self, path: str) -> Any:
+        """GET an admin API path (``/v1/admin/...``) with the admin token, from inside
+        the lab (the server listens in the lab's namespace only)."""
+        if not self.admin_token:
+            raise FleetError("this server has no admin token (config security.admin_token)")
+        argv = ["curl", "-sS", "--fail-with-body", "-m", "20", "-H",
+                f"Authorization: Bearer {self.admin_token}", self.url + path]
+        done = self.lab.server.run(argv, check=False)
+        if done.returncode != 0:
+            raise FleetError(f"GET {path} failed: {done.stderr.strip()} {done.stdout.strip()}")
+        return json.loads(done.stdout)
 
     def log_tail(self, lines: int = 60) -> str:
         try:
@@ -141,8 +234,27 @@ class FleetbootServer:
                 self.process.kill()
                 self.process.wait(5)
 
+    @property
+    def running(self) -> bool:
+        return self.process.poll() is None
+
     def __enter__(self) -> FleetbootServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _store_images(images: Mapping[str, Path], env: Mapping[str, str],
+                  workdir: Path) -> dict[str, str]:
+    """``fleetboot image add`` for each image (in parallel); name -> stored path."""
+    items = list(images.items())
+    outputs = _run_all([["image", "add", str(src), "--name", name] for name, src in items],
+                       env, workdir)
+    stored = {}
+    for (name, src), out in zip(items, outputs, strict=True):
+        found = _STORED.search(out)
+        if found is None:
+            raise FleetError(f"fleetboot image add {src} printed no stored path: {out!r}")
+        stored[name] = found.group(0)
+    return stored

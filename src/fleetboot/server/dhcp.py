@@ -31,6 +31,7 @@ import signal
 import socket
 import struct
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -156,6 +157,31 @@ def open_listeners(settings: DhcpSettings) -> list[Listener]:
     return out
 
 
+class Pacer:
+    """A token bucket for outgoing replies (``rate`` 0: unlimited)."""
+
+    tick = 0.001
+
+    def __init__(self, rate: int, burst: int) -> None:
+        self.rate, self.burst = float(rate), float(max(burst, 1))
+        self.tokens = self.burst
+        self.last = time.monotonic()
+        self.queue: deque[tuple[Listener, Reply]] = deque()
+        self.scheduled = False
+
+    def take(self) -> bool:
+        if not self.rate:
+            return True
+        if self.tokens < 1.0:
+            now = time.monotonic()
+            self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+            self.last = now
+            if self.tokens < 1.0:
+                return False
+        self.tokens -= 1.0
+        return True
+
+
 class DhcpService:
     """The runtime's DHCP service: ``await start()``, ``await reload()``, ``await stop()``."""
 
@@ -175,7 +201,7 @@ class DhcpService:
         self.listeners: list[Listener] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._rlog = RateLimitedLog(log)
-        self._tx_errors = 0
+        self._pacer = Pacer(settings.tx_pace_per_s, settings.tx_burst)
 
     # --- life cycle ------------------------------------------------------------------------------
 
@@ -217,6 +243,8 @@ class DhcpService:
         if self.journal is not None:
             await asyncio.to_thread(self.journal.stop)
             await asyncio.sleep(0)  # let the last batch's ACKs go out
+        while self._pacer.queue:  # and whatever pacing still holds back
+            self._send(*self._pacer.queue.popleft())
         for listener in self.listeners:
             listener.sock.close()
         self.listeners = []
@@ -285,15 +313,42 @@ class DhcpService:
                 # Durable first: the journal hands the reply back once committed.
                 journal.submit(reply.record, (listener, reply) if reply.data else None)
             elif reply.data is not None:
-                self._send(listener, reply)
+                self._paced(listener, reply)
 
     def _committed(self, tokens: list[tuple[Listener, Reply]], ok: bool) -> None:
         if not ok:
             self.metrics.inc("dhcp.ack_not_sent", len(tokens))
             return
         for listener, reply in tokens:
-            if listener.sock.fileno() >= 0:
-                self._send(listener, reply)
+            self._paced(listener, reply)
+
+    def _paced(self, listener: Listener, reply: Reply) -> None:
+        """Send now if the token bucket allows, else queue behind earlier replies.
+
+        After a stall (a slow commit, the process descheduled) hundreds of replies
+        are due at once; sent back to back they overflow small receive queues: a
+        relay's, a load generator's, a PXE ROM's few receive descriptors. The bucket
+        lets ``tx_burst`` go at once, then ``tx_pace_per_s``; far above the steady rate.
+        """
+        pacer = self._pacer
+        if not pacer.queue and pacer.take():
+            self._send(listener, reply)
+            return
+        pacer.queue.append((listener, reply))
+        if not pacer.scheduled and self._loop is not None:
+            pacer.scheduled = True
+            self._loop.call_later(pacer.tick, self._drain)
+
+    def _drain(self) -> None:
+        pacer = self._pacer
+        pacer.scheduled = False
+        queue = pacer.queue
+        while queue and pacer.take():
+            listener, reply = queue.popleft()
+            self._send(listener, reply)
+        if queue and self._loop is not None and not self._loop.is_closed():
+            pacer.scheduled = True
+            self._loop.call_later(pacer.tick, self._drain)
 
     def _send(self, listener: Listener, reply: Reply) -> None:
         dest = reply.dest
@@ -307,7 +362,7 @@ class DhcpService:
                     self._rlog.warning("arp", "cannot add ARP entry (%s); broadcasting", exc)
                     dest = (BROADCAST, dest[1])
         data = reply.data
-        if data is None:
+        if data is None or listener.sock.fileno() < 0:
             return
         try:
             listener.sock.sendto(data, dest)

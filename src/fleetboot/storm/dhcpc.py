@@ -6,9 +6,10 @@ traffic is never copied into it. Frames go out with the node's own MAC and
 source address 0.0.0.0, as firmware sends them; replies are handed to the
 waiting client by transaction id (xid) and checked against its MAC.
 
-Messages are built and read by the project's DHCP codec
-(``fleetboot.protocols.dhcp``); only the clients' behaviour lives here: which
-options each personality sends, and the retransmission schedules.
+Messages are built and read by the project's DHCP codec (through
+``storm.dhcpwire``, which also holds the three client personalities); this
+module holds the exchanges: DISCOVER/OFFER/REQUEST/ACK on a retransmission
+schedule, a NAK starting over, retries counted.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ SO_ATTACH_FILTER = 26
 SO_RCVBUFFORCE = 33
 SOL_PACKET = 263
 PACKET_STATISTICS = 6
+
 
 class DhcpClientError(FleetbootError):
     def __init__(self, message: str, retries: int = 0) -> None:

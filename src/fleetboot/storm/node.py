@@ -16,12 +16,12 @@ import json
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, NoReturn, Protocol, TypeVar
 
 from fleetboot.errors import FleetbootError
 from fleetboot.inventory.addr import mac_to_bytes
 from fleetboot.storm import dhcpc, dhcpwire, ipxe, tftpc
-from fleetboot.storm.httpc import HttpClient, HttpError, Response
+from fleetboot.storm.httpc import HttpClient, Response
 from fleetboot.storm.plan import NodeSpec, StormPlan
 from fleetboot.storm.stats import NodeResult, PhaseRecord
 
@@ -120,14 +120,19 @@ class _Recorder:
         try:
             value = await step()
         except (FleetbootError, OSError, TimeoutError) as exc:
-            retries = int(getattr(exc, "retries", 0))
-            self.result.phases.append(PhaseRecord(name, start, self.now(), retries))
-            self.result.failed_phase = name
-            self.result.error = str(exc) or type(exc).__name__
-            raise BootFailed(self.result.error) from None
+            self._failed(name, start, exc, str(exc) or type(exc).__name__)
+        except Exception as exc:  # a bug fails this node, visibly, not the whole storm
+            self._failed(name, start, exc, f"internal error {type(exc).__name__}: {exc}")
         self.result.phases.append(
             PhaseRecord(name, start, self.now(), retries_of(value), detail_of(value)))
         return value
+
+
+    def _failed(self, name: str, start: float, exc: Exception, message: str) -> NoReturn:
+        retries = int(getattr(exc, "retries", 0))
+        self.result.phases.append(PhaseRecord(name, start, self.now(), retries))
+        self.result.failed_phase, self.result.error = name, message
+        raise BootFailed(message) from None
 
 
 def _timing(http: HttpClient) -> dict[str, Any]:
@@ -158,6 +163,14 @@ async def boot(spec: NodeSpec, ctx: Context) -> NodeResult:
 
 
 async def _boot(spec: NodeSpec, ctx: Context, rec: _Recorder) -> None:
+    script = await _firmware_stage(spec, ctx, rec)
+    if ctx.plan.timing.os_boot_s > 0:
+        await asyncio.sleep(ctx.plan.timing.os_boot_s)
+    await _os_stage(spec, ctx, rec, script)
+
+
+async def _firmware_stage(spec: NodeSpec, ctx: Context, rec: _Recorder) -> ipxe.BootScript:
+    """PXE DHCP, TFTP of iPXE, iPXE's DHCP, its script, kernel and initrd."""
     fw, timing = ctx.plan.firmware, ctx.plan.timing
     hw = mac_to_bytes(spec.mac)
     pxe = dhcpwire.pxe_personality(hw, fw.arch, fw.pxe_vendor_class, fw.broadcast_flag)
@@ -179,9 +192,15 @@ async def _boot(spec: NodeSpec, ctx: Context, rec: _Recorder) -> None:
         await _load_images(rec, http, script)
     finally:
         http.close()  # the OS takes over: iPXE's connection goes away
-    if timing.os_boot_s > 0:
-        await asyncio.sleep(timing.os_boot_s)
-    os_who = dhcpwire.os_personality(hw, fw.os_vendor_class, fw.broadcast_flag)
+    return script
+
+
+async def _os_stage(spec: NodeSpec, ctx: Context, rec: _Recorder,
+                    script: ipxe.BootScript) -> None:
+    """The booted OS: its own DHCP, the configuration fetch, the UP report."""
+    fw, timing = ctx.plan.firmware, ctx.plan.timing
+    os_who = dhcpwire.os_personality(mac_to_bytes(spec.mac), fw.os_vendor_class,
+                                     fw.broadcast_flag)
     olease = await rec.phase("os_dhcp", lambda: dhcpc.obtain_lease(
         ctx.link, spec.mac, os_who, timing.os_dhcp, timing.os_dhcp, ctx.rng),
         lambda lz: lz.retries, _lease_detail)
@@ -253,4 +272,4 @@ async def _download_all(http: HttpClient, urls: list[str]) -> int:
     return total
 
 
-__all__ = ["BootFailed", "Booted", "ConfigAgent", "Context", "HttpError", "StaticAgent", "boot"]
+__all__ = ["BootFailed", "Booted", "ConfigAgent", "Context", "StaticAgent", "boot"]

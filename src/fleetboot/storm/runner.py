@@ -88,7 +88,7 @@ def run_stack(plan: StormPlan, kind: StackKind, workdir: Path, files: StormFiles
             stack.start(net)
             run_plan = plan.for_stack(kind, stack.http_port)
             load_before = os.getloadavg()[0]
-            output = _simulate(net, run_plan, workdir, progress)
+            output = simulate_in(net, run_plan, workdir, progress)
             # Other work on the machine delays every lock-step exchange: keep the load.
             output.setdefault("client", {}).update(
                 {"host.load1_before": load_before, "host.load1_after": os.getloadavg()[0]})
@@ -101,7 +101,9 @@ def run_stack(plan: StormPlan, kind: StackKind, workdir: Path, files: StormFiles
     return run
 
 
-def _simulate(net: StormNet, plan: StormPlan, workdir: Path, progress: bool) -> dict[str, Any]:
+def simulate_in(net: StormNet, plan: StormPlan, workdir: Path,
+                progress: bool = False) -> dict[str, Any]:
+    """Run the simulator process in the client namespace; its JSON output."""
     plan_path, out_path = workdir / "plan.json", workdir / "sim-out.json"
     plan_path.write_text(json.dumps(plan.to_dict()))
     out_path.unlink(missing_ok=True)

@@ -76,6 +76,9 @@ class DhcpSettings:
     decline_hold_s: float = 600.0
     journal_window_ms: float = 5.0  # least time between two lease commits
     journal_max_batch: int = 4096
+    # Reply pacing: at most tx_burst back to back, then tx_pace_per_s (0: unpaced).
+    tx_pace_per_s: int = 20_000
+    tx_burst: int = 48
 
     def __post_init__(self) -> None:
         if self.unknown_clients not in ("serve", "ignore"):
@@ -97,5 +100,7 @@ class DhcpSettings:
                         f"dhcp {name} {value!r} is not an IPv4 address like 10.0.0.1") from None
         if self.journal_window_ms < 0 or self.journal_max_batch < 1:
             raise DhcpConfigError("dhcp journal_window_ms must be >= 0 and journal_max_batch >= 1")
+        if self.tx_pace_per_s < 0 or self.tx_burst < 1:
+            raise DhcpConfigError("dhcp tx_pace_per_s must be >= 0 and tx_burst >= 1")
         if self.offer_hold_s <= 0 or self.decline_hold_s <= 0:
             raise DhcpConfigError("dhcp offer_hold_s and decline_hold_s must be positive")
