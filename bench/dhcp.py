@@ -10,9 +10,10 @@ Fleetboot in SQLite (WAL, ACK only after the commit), Kea in its memfile with
 
 ISC's method: raise the offered rate until drops pass 2.5% and report the
 highest clean rate of 4-way exchanges (DISCOVER-OFFER-REQUEST-ACK) per second.
-Each rate step starts the server afresh with an empty lease database. A step
-that fails is run once more before it counts as failed: the machine is shared
-and one disturbed run should not decide the result for any server.
+Each rate step starts the server afresh with an empty lease database. The
+servers' searches take turns step by step, and a step that fails is run once
+more before it counts as failed: the machine is shared, and a busy spell should
+neither decide the result nor fall on one server only.
 
     sudo .venv/bin/python bench/dhcp.py            # about 4-5 minutes
     sudo .venv/bin/python bench/dhcp.py --servers fleetboot --duration 3
@@ -31,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -218,32 +219,61 @@ def measure_twice(lab: Lab, start: Starter, rate: int, seconds: int, root: Path)
     if not step.clean:
         again = measure(lab, start, rate, seconds, root)
         step = again if again.clean or again.rate > step.rate else step
-    print(f"  offered {rate:>6}/s: {step.rate:8.0f}/s, drops {step.drops:5.2f}%"
+    print(f" offered {rate:>6}/s: {step.rate:8.0f}/s, drops {step.drops:5.2f}%"
           f" {'clean' if step.clean else 'DROPS'} {step.extra}", flush=True)
     return step
 
 
-def search(name: str, lab: Lab, start: Starter, first: int, seconds: int, root: Path,
-           bisect: int) -> Outcome:
-    """Raise the rate by half again each step until drops pass 2.5%, then bisect."""
-    outcome = Outcome(name)
-    print(f"{name}:", flush=True)
+RateSearch = Generator[int, Step, None]
+
+
+def rate_search(first: int, bisect: int) -> RateSearch:
+    """ISC's method as a generator: yields the next offered rate, receives its Step.
+
+    Raise the rate by half again while clean; on the first failure bisect between
+    the last clean and the failing rate. If even the first rate fails, halve it
+    until one is clean, so a slow server still gets a figure.
+    """
     rate, good, bad = first, 0, 0
-    while not bad:
-        step = measure_twice(lab, start, rate, seconds, root)
-        outcome.steps.append(step)
+    while not bad and rate <= 200_000:
+        step = yield rate
         if step.clean:
             good, rate = rate, int(rate * 1.5)
         else:
             bad = rate
-        if rate > 200_000:
-            break
+    while not good and rate > 25:
+        rate //= 2
+        step = yield rate
+        if step.clean:
+            good = rate
+        else:
+            bad = rate
     for _ in range(bisect if good and bad else 0):
         rate = (good + bad) // 2
-        step = measure_twice(lab, start, rate, seconds, root)
-        outcome.steps.append(step)
+        step = yield rate
         good, bad = (rate, bad) if step.clean else (good, rate)
-    return outcome
+
+
+def run_all(lab: Lab, starters: dict[str, Starter], names: list[str], seconds: int, root: Path,
+            bisect: int) -> list[Outcome]:
+    """Step the servers' searches in turn, so a busy spell on this shared machine falls
+    on all of them rather than on whichever server happened to run then."""
+    outcomes = {name: Outcome(name) for name in names}
+    searches: dict[str, tuple[RateSearch, int]] = {}
+    for name in names:
+        search = rate_search(START[name], bisect)
+        searches[name] = (search, next(search))
+    while searches:
+        for name in list(searches):
+            search, rate = searches[name]
+            print(f"{name:<10}", end="", flush=True)
+            step = measure_twice(lab, starters[name], rate, seconds, root)
+            outcomes[name].steps.append(step)
+            try:
+                searches[name] = (search, search.send(step))
+            except StopIteration:
+                del searches[name]
+    return [outcomes[name] for name in names]
 
 
 def main() -> None:
@@ -264,13 +294,11 @@ def main() -> None:
         "kea": start_kea,
         "dnsmasq": start_dnsmasq,
     }
-    outcomes: list[Outcome] = []
     started = time.monotonic()
     try:
         with Lab.create() as lab:
-            for name in args.servers.split(","):
-                outcomes.append(search(name, lab, starters[name], START[name], args.duration,
-                                       root, args.bisect))
+            outcomes = run_all(lab, starters, args.servers.split(","), args.duration, root,
+                               args.bisect)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print(f"\n{'server':<10} {'best clean rate':>16} {'drops':>7} {'offered':>8} {'steps':>6}")

@@ -52,8 +52,15 @@ def run(args: argparse.Namespace, console: Console, workdir: Path) -> boots.Boot
     with boots.FleetLab.start(workdir, machines, guests=guests) as fleet:
         console.print(f"{len(machines)} VMs ({args.mix}), host load average {load:.1f} "
                       f"on {os.cpu_count()} CPUs")
+        cpu_before = fleet.server_cpu_s() or 0.0
         with LiveProgress(console, server_column=True) as progress:
             report = fleet.boot(machines, timeout_s=args.timeout, on_update=progress)
+        cpu = (fleet.server_cpu_s() or 0.0) - cpu_before
+        console.print(f"fleetboot serve used {cpu:.1f} s of CPU during the boots")
+        retries = {n: c for n, c in fleet.retransmissions().items() if c}
+        console.print(f"retransmissions seen by the server: {sum(retries.values())}"
+                      + (f" ({', '.join(f'{n}: {c}' for n, c in sorted(retries.items()))})"
+                         if retries else ""))
         if not report.ok:
             console.print(report.errors(), style="red", soft_wrap=True)
             console.print(f"server log tail:\n{fleet.server.log_tail(20)}", soft_wrap=True)
@@ -78,7 +85,6 @@ def main() -> int:
         return 130
     finally:
         with boots.uninterruptible():
-            boots.delete_own_namespaces()
             if args.keep:
                 console.print(f"work directory kept: {workdir}")
             else:

@@ -93,6 +93,30 @@ class HttpConfig(_Section):
     access_log: bool = False
 
 
+class AdmissionConfig(_Section):
+    """Graceful overload: finish the boots in progress before starting new ones.
+
+    A boot is in progress from its iPXE script (a profile boot) until the node
+    reports UP/FAILED/OFF or ``boot_timeout_s`` passes. Beyond ``max_booting``
+    a node gets a WAIT script (sleep ``wait_s`` plus up to ``wait_jitter_s``,
+    then ask again); nodes that waited longest are admitted first. Large files
+    (``large_file_bytes`` and up) are sent at most ``max_transfers`` at a time;
+    the rest wait in a queue of at most ``max_queued_transfers`` for up to
+    ``queue_timeout_s`` (then, or when the queue is full: 503 with
+    ``Retry-After: retry_after_s``, which iPXE obeys). 0 means no limit.
+    """
+
+    max_booting: int = Field(default=0, ge=0)
+    boot_timeout_s: float = Field(default=600.0, gt=0)
+    wait_s: int = Field(default=5, ge=1, le=3600)
+    wait_jitter_s: int = Field(default=5, ge=0, le=3600)
+    max_transfers: int = Field(default=0, ge=0)
+    large_file_bytes: int = Field(default=1 << 20, ge=0)
+    max_queued_transfers: int = Field(default=4096, ge=0)
+    queue_timeout_s: float = Field(default=25.0, gt=0)
+    retry_after_s: int = Field(default=5, ge=1, le=3600)
+
+
 class SecurityConfig(_Section):
     # The admin token may be given inline or (better) in a file readable by root only.
     admin_token: str | None = None
@@ -109,6 +133,7 @@ class Settings(_Section):
     dhcp: DhcpConfig = Field(default_factory=DhcpConfig)
     tftp: TftpConfig = Field(default_factory=TftpConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
+    admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
     security: SecurityConfig = Field(default_factory=SecurityConfig)
     architectures: dict[int, ArchBoot] = Field(default_factory=default_arch_table)
 

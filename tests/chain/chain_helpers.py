@@ -7,11 +7,16 @@ A timeline event here is the JSON row of ``fleetboot timeline NODE --json``:
 
 from __future__ import annotations
 
+import fcntl
+import json
+import os
 import re
 import shutil
 import time
+import traceback
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -186,18 +191,80 @@ def wait_until(probe: Callable[[], T | None], timeout: float, what: str,
         time.sleep(poll)
 
 
-def wait_poweroff(vms: Sequence[Vm], timeout: float) -> dict[str, str]:
-    """Wait for every VM to power off; name -> error text for those that did not."""
-    errors = {}
+def wait_poweroff(vms: Sequence[Vm], timeout: float,
+                  poll: float = 0.2) -> tuple[dict[str, float], dict[str, str]]:
+    """Wait for every VM to power off: (name -> seconds from its start to power-off,
+    name -> error text with the serial tail for those that did not)."""
+    seconds: dict[str, float] = {}
     deadline = time.monotonic() + timeout
+    while len(seconds) < len(vms) and time.monotonic() < deadline:
+        for vm in vms:
+            if vm.name not in seconds and not vm.running:
+                seconds[vm.name] = vm.elapsed()
+        time.sleep(poll)
+    errors = {}
     for vm in vms:
-        try:
-            vm.wait_exit(timeout=max(1.0, deadline - time.monotonic()))
-        except VmError as exc:
-            errors[vm.name] = str(exc)
-    return errors
+        if vm.name not in seconds:
+            try:
+                vm.wait_exit(timeout=0)
+            except VmError as exc:
+                errors[vm.name] = str(exc)
+    return seconds, errors
+
+
+def _render(line: str) -> str:
+    """A line as a terminal shows it: iPXE draws download progress with backspaces."""
+    cells: list[str] = []
+    at = 0
+    for ch in line:
+        if ch == "\b":
+            at = max(0, at - 1)
+            continue
+        if at < len(cells):
+            cells[at] = ch
+        else:
+            cells.append(ch)
+        at += 1
+    return "".join(cells).rstrip()
 
 
 def console(vm: Vm) -> str:
-    """The serial log without terminal escapes (SeaBIOS and iPXE draw with them)."""
-    return _ANSI.sub("", vm.serial_text()).replace("\r", "")
+    """The serial log as a screen would show it: no terminal escapes or carriage returns
+    (SeaBIOS and iPXE draw with them), backspaces applied."""
+    text = _ANSI.sub("", vm.serial_text()).replace("\r", "")
+    return "\n".join(_render(line) for line in text.split("\n"))
+
+
+# --- one boot run shared by every test of a module --------------------------------------
+
+
+def shared_run(factory: pytest.TempPathFactory, name: str,
+               produce: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+    """Run ``produce(workdir)`` once per test session, even across xdist workers.
+
+    The boots behind a module's tests are expensive, and a module-scoped fixture runs
+    once per worker that gets one of its tests (``--dist loadgroup`` cannot keep a
+    module on one worker while pytest-xdist 3.8 and pytest 9 disagree about node ids).
+    The first worker boots and stores the JSON result beside the workers' temporary
+    directories; the others wait on the lock and read it. A failure is stored too,
+    so it is reported once per test instead of booting again.
+    """
+    root = factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # shared by the workers of this session
+    result = root / f"{name}.json"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not result.exists():
+            try:
+                data = {"ok": produce(factory.mktemp(name))}
+            except Exception as exc:
+                result.write_text(json.dumps({"error": traceback.format_exc()}))
+                raise RuntimeError(f"the shared {name} run failed: {exc}") from exc
+            result.write_text(json.dumps(data))
+    stored = json.loads(result.read_text())
+    if "error" in stored:
+        pytest.fail(f"the shared {name} run failed (in another worker):\n{stored['error']}",
+                    pytrace=False)
+    value: dict[str, Any] = stored["ok"]
+    return value

@@ -10,9 +10,10 @@ running Linux that configures itself and reports UP:
 
 The initramfs's init runs the node client that Fleetboot serves at
 ``/v1/self/client.sh`` (its URL and the per-boot token come from the script's kernel
-command line). Both boots run once per module; each test reads a different part of
-what the server recorded (the timeline, read back with ``fleetboot timeline``) and
-what the VMs printed on their serial consoles.
+command line). Both boots run once per test session (``shared_run``, also across xdist
+workers); each test reads a different part of what the server recorded (the timeline
+as ``fleetboot timeline NODE --json`` prints it, ``fleetboot nodes``, the admin API's
+counters) and what the VMs printed on their serial consoles.
 
 Issue 2: each firmware is offered the boot file for its architecture.
 Issue 3: the BIOS whole chain (the same address in firmware and Linux); UEFI native
@@ -26,8 +27,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -44,17 +45,18 @@ from chain_helpers import (
     of,
     reply_to,
     require_chain,
+    shared_run,
     subnet_doc,
     wait_poweroff,
 )
 
 from fleetboot.lab import guest, qemu
-from fleetboot.lab.fleet import FleetbootServer, image_path
+from fleetboot.lab.fleet import FleetbootServer, image_path, parse_timeline
 from fleetboot.lab.netns import Lab
 
 pytestmark = [
     pytest.mark.qemu, pytest.mark.netns, pytest.mark.slow,
-    # Both boots run in the first test's set-up; keep the module on one xdist worker.
+    # Both boots run once (shared_run), in the set-up of the first test to need them.
     pytest.mark.xdist_group("chain-firmware"),
     pytest.mark.timeout(480),
 ]
@@ -93,13 +95,22 @@ class Booted:
 
 @dataclass
 class ChainRun:
-    server: FleetbootServer
-    images: dict[str, str]
+    """What one run of both boots left behind (plain data: shared between workers)."""
+
+    server_url: str
+    server_ip: str
+    images: dict[str, str]  # name -> path under the boot root
     image_sizes: dict[str, int]
     boot_program_size: int
-    booted: dict[str, Booted] = field(default_factory=dict)
-    stats: dict[str, Any] = field(default_factory=dict)
-    nodes_table: str = ""
+    booted: dict[str, Booted]
+    stats: dict[str, Any]  # /v1/admin/nodeconfig/stats after both powered off
+    nodes_table: str  # `fleetboot nodes`
+    seconds: dict[str, float]  # QEMU start to power-off
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ChainRun:
+        booted = {fw: Booted(**b) for fw, b in data.pop("booted").items()}
+        return cls(booted=booted, **data)
 
 
 def _inventory(lab: Lab, kernel: str, initrd: str) -> dict[str, Any]:
@@ -131,35 +142,45 @@ def _vm_specs() -> list[qemu.VmSpec]:
                         nics=(qemu.NicSpec(MACS["uefi"], bootindex=1, rom=""),))]
 
 
-@pytest.fixture(scope="module")
-def chain(cloud_kernel: guest.GuestKernel,
-          tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChainRun]:
-    require_chain(uefi=True)
-    work = tmp_path_factory.mktemp("chain-firmware")
-    initrd = guest.build_initramfs(cloud_kernel)
-    sources = {"vmlinuz": cloud_kernel.vmlinuz, "initrd.img": initrd}
+def _boot_both(kernel: guest.GuestKernel, work: Path) -> dict[str, Any]:
+    """Serve, boot both VMs to power-off, and collect what the tests look at."""
+    initrd = guest.build_initramfs(kernel)
+    sources = {"vmlinuz": kernel.vmlinuz, "initrd.img": initrd}
     paths = {name: image_path(src, name) for name, src in sources.items()}
     with Lab.create(with_bridge=True) as lab, qemu.start_router_advertiser(lab):
         server = FleetbootServer.start(
             lab, work / "server", _inventory(lab, paths["vmlinuz"], paths["initrd.img"]),
             images=sources, setup=_config_commands())
-        run = ChainRun(server, server.images,
-                       {name: src.stat().st_size for name, src in sources.items()},
-                       (server.workdir / "bootroot" / BOOT_PROGRAM).stat().st_size)
         vms: list[qemu.Vm] = []
         try:
             vms = [qemu.start_vm(spec, work / "vms", lab) for spec in _vm_specs()]
-            errors = wait_poweroff(vms, BOOT_TIMEOUT_S)
-            run.stats = server.admin_json("/v1/admin/nodeconfig/stats")
+            seconds, errors = wait_poweroff(vms, BOOT_TIMEOUT_S)
+            stats = server.admin_json("/v1/admin/nodeconfig/stats")
         finally:
             for vm in vms:
                 vm.close()
             server.close()  # flushes the last timeline batch
-        for fw, vm in zip(FIRMWARES, vms, strict=True):
-            run.booted[fw] = Booted(fw, MACS[fw], console(vm),
-                                    server.timeline(node_name(fw)), errors.get(vm.name))
-        run.nodes_table = server.cli("nodes").stdout
-        yield run
+        print("firmware chain: powered off (s after QEMU start):",
+              {name: round(s, 1) for name, s in seconds.items()})
+        # What an operator reads: `fleetboot timeline NODE --json` and `fleetboot nodes`.
+        *timelines, nodes_table = server.cli_all(
+            *(["timeline", node_name(fw), "--json"] for fw in FIRMWARES), ["nodes"])
+        booted = {fw: asdict(Booted(fw, MACS[fw], console(vm), parse_timeline(timeline),
+                                    errors.get(vm.name)))
+                  for fw, vm, timeline in zip(FIRMWARES, vms, timelines, strict=True)}
+        return {
+            "server_url": server.url, "server_ip": lab.server_ip, "images": server.images,
+            "image_sizes": {name: src.stat().st_size for name, src in sources.items()},
+            "boot_program_size": (server.workdir / "bootroot" / BOOT_PROGRAM).stat().st_size,
+            "booted": booted, "stats": stats, "nodes_table": nodes_table, "seconds": seconds,
+        }
+
+
+@pytest.fixture(scope="module")
+def chain(cloud_kernel: guest.GuestKernel, tmp_path_factory: pytest.TempPathFactory) -> ChainRun:
+    require_chain(uefi=True)
+    return ChainRun.from_json(shared_run(tmp_path_factory, "chain-firmware",
+                                         lambda work: _boot_both(cloud_kernel, work)))
 
 
 # --- issue 2 ---------------------------------------------------------------------------
@@ -180,7 +201,7 @@ def test_bios_ipxe_is_offered_its_per_node_script(chain: ChainRun) -> None:
         booted.explain()
     assert discover["detail"]["arch"] == 0 and discover["detail"]["ipxe"] is True
     assert offer["detail"]["boot"] == "ipxe", booted.explain()
-    assert offer["detail"]["file"] == chain.server.url + SCRIPT_PATH
+    assert offer["detail"]["file"] == chain.server_url + SCRIPT_PATH
 
 
 def test_uefi_native_pxe_is_offered_its_boot_program(chain: ChainRun) -> None:
@@ -203,14 +224,14 @@ def test_bios_whole_chain_linux_gets_the_same_address(chain: ChainRun) -> None:
     booted = chain.booted["bios"]
     text = booted.console
     assert booted.error is None, booted.explain()
-    assert f"Filename: {chain.server.url}{SCRIPT_PATH}" in text, booted.explain()
+    assert f"Filename: {chain.server_url}{SCRIPT_PATH}" in text, booted.explain()
     for name in ("vmlinuz", "initrd.img"):
-        assert f"{chain.server.url}/boot/files/{chain.images[name]}... ok" in text
+        assert f"{chain.server_url}/boot/files/{chain.images[name]}... ok" in text
     ipxe_ip = IPXE_ADDRESS.search(text)
     assert ipxe_ip is not None, booted.explain()
     lease = guest.Lease.from_marker(next(m for m in guest.parse_markers(text)
                                          if m.kind == "LEASE"))
-    assert lease.mac == booted.mac and lease.server == chain.server.lab.server_ip
+    assert lease.mac == booted.mac and lease.server == chain.server_ip
     assert lease.ip == ipxe_ip.group(1), booted.explain()
     # The server's side of it: both DHCP clients were ACKed that address, and the
     # script and both images went to it in full.
@@ -289,7 +310,7 @@ def test_end_to_end_one_request_configures_the_node_and_it_reports_up(
     text = booted.console
     assert booted.error is None, booted.explain()
     # The init ran the client Fleetboot serves, which fetched once, applied and reported.
-    assert f"FLEETBOOT-HOOK start src={chain.server.url}/v1/self/client.sh" in text
+    assert f"FLEETBOOT-HOOK start src={chain.server_url}/v1/self/client.sh" in text
     assert f"FLEETBOOT-CONFIG hostname name={hostname(firmware)}" in text, booted.explain()
     assert f"FLEETBOOT-CONFIG file path={FILE_PATH} bytes={len(FILE_BODY)}" in text
     assert "FLEETBOOT-STATE UP" in text and "FLEETBOOT-HOOK end rc=0" in text

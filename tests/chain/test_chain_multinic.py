@@ -19,8 +19,8 @@ five under load; one after another would take ~2.5 min).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -36,6 +36,7 @@ from chain_helpers import (
     node_doc,
     of,
     require_chain,
+    shared_run,
     subnet_doc,
     wait_poweroff,
 )
@@ -44,7 +45,12 @@ from fleetboot.lab import guest, qemu
 from fleetboot.lab.fleet import FleetbootServer, image_path
 from fleetboot.lab.netns import Lab
 
-pytestmark = [pytest.mark.qemu, pytest.mark.netns, pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = [
+    pytest.mark.qemu, pytest.mark.netns, pytest.mark.slow,
+    # The five boots run once (shared_run), in the set-up of the first test to need them.
+    pytest.mark.xdist_group("chain-multinic"),
+    pytest.mark.timeout(600),
+]
 
 RUNS = 5
 MODELS = ("virtio-net-pci", "e1000", "rtl8139")  # QEMU's PCI order = SeaBIOS's try order
@@ -56,23 +62,26 @@ BOOT_TIMEOUT_S = 400.0
 
 @dataclass
 class Run:
+    """One VM's boot (plain data: shared between workers)."""
+
     name: str
-    nics: tuple[qemu.NicSpec, ...]
+    nics: list[tuple[str, str]]  # (model, MAC) in PCI order
     server_url: str
     console: str
     events: list[Event]
     error: str | None
+    seconds: float | None  # QEMU start to power-off
 
     @property
     def boot_mac(self) -> str:
-        return next(n.mac for n in self.nics if n.model == BOOT_MODEL)
+        return next(mac for model, mac in self.nics if model == BOOT_MODEL)
 
     @property
     def other_macs(self) -> set[str]:
-        return {n.mac for n in self.nics} - {self.boot_mac}
+        return {mac for _, mac in self.nics} - {self.boot_mac}
 
     def explain(self) -> str:
-        return (f"--- {self.name} ({', '.join(f'{n.model}={n.mac}' for n in self.nics)})\n"
+        return (f"--- {self.name} ({', '.join(f'{m}={mac}' for m, mac in self.nics)})\n"
                 f"{describe(self.events)}\n--- console tail:\n{self.console[-2500:]}\n"
                 + (f"--- error: {self.error}" if self.error else ""))
 
@@ -96,13 +105,9 @@ def _inventory(lab: Lab, specs: list[qemu.VmSpec], kernel: str, initrd: str) -> 
             "subnets": [subnet_doc(lab)], "nodes": nodes}
 
 
-@pytest.fixture(scope="module")
-def runs(generic_kernel: guest.GuestKernel,
-         tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Run]]:
-    require_chain()
-    work = tmp_path_factory.mktemp("chain-multinic")
-    initrd = guest.build_initramfs(generic_kernel)
-    sources = {"vmlinuz": generic_kernel.vmlinuz, "initrd.img": initrd}
+def _boot_all(kernel: guest.GuestKernel, work: Path) -> dict[str, Any]:
+    initrd = guest.build_initramfs(kernel)
+    sources = {"vmlinuz": kernel.vmlinuz, "initrd.img": initrd}
     paths = {name: image_path(src, name) for name, src in sources.items()}
     specs = _machines()
     with Lab.create(with_bridge=True) as lab, qemu.start_router_advertiser(lab):
@@ -112,13 +117,26 @@ def runs(generic_kernel: guest.GuestKernel,
         vms: list[qemu.Vm] = []
         try:
             vms = [qemu.start_vm(spec, work / "vms", lab) for spec in specs]
-            errors = wait_poweroff(vms, BOOT_TIMEOUT_S)
+            seconds, errors = wait_poweroff(vms, BOOT_TIMEOUT_S)
         finally:
             for vm in vms:
                 vm.close()
             server.close()  # flushes the last timeline batch
-        yield [Run(spec.name, spec.nics, server.url, console(vm), all_events(server, spec.name),
-                   errors.get(vm.name)) for spec, vm in zip(specs, vms, strict=True)]
+        print("multi-NIC: powered off (s after QEMU start):",
+              {name: round(s, 1) for name, s in seconds.items()})
+        runs = [Run(spec.name, [(n.model, n.mac) for n in spec.nics], server.url, console(vm),
+                    all_events(server, spec.name), errors.get(vm.name), seconds.get(vm.name))
+                for spec, vm in zip(specs, vms, strict=True)]
+        return {"runs": [asdict(run) for run in runs]}
+
+
+@pytest.fixture(scope="module")
+def runs(generic_kernel: guest.GuestKernel,
+         tmp_path_factory: pytest.TempPathFactory) -> list[Run]:
+    require_chain()
+    data = shared_run(tmp_path_factory, "chain-multinic",
+                      lambda work: _boot_all(generic_kernel, work))
+    return [Run(**{**run, "nics": [tuple(nic) for nic in run["nics"]]}) for run in data["runs"]]
 
 
 def test_only_the_designated_nic_gets_a_boot_file(runs: list[Run]) -> None:

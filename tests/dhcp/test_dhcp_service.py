@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -14,7 +15,7 @@ from fleetboot.inventory.db import Database
 from fleetboot.inventory.models import Interface, Node, Pool, Subnet
 from fleetboot.protocols.dhcp import options as o
 from fleetboot.protocols.dhcp.settings import DhcpSettings
-from fleetboot.server.dhcp import DhcpService, DhcpServiceError
+from fleetboot.server.dhcp import DhcpService, DhcpServiceError, Pacer
 from fleetboot.server.events import BootEvent
 from fleetboot.server.metrics import Metrics
 
@@ -70,8 +71,9 @@ async def test_service_acks_after_commit_reloads_and_restarts(
     sock, port = relay_port
     events: list[BootEvent] = []
     settings = DhcpSettings(address=SERVER, port=port, server_id=SERVER)
-    service = DhcpService(settings, db, events=events.append, metrics=Metrics())
+    service = DhcpService(settings, db, metrics=Metrics())
     await service.start()
+    service.events = events.append  # the runtime may attach its sink late
     try:
         mt, yiaddr = await asyncio.to_thread(dora, sock, port, 11)
         assert mt == o.ACK
@@ -110,3 +112,11 @@ async def test_a_port_in_use_is_a_clear_error(sqlite_db: Database) -> None:
                               metrics=Metrics())
         with pytest.raises(DhcpServiceError, match="cannot listen"):
             await service.start()
+
+
+def test_pacer_lets_a_burst_through_then_the_rate() -> None:
+    pacer = Pacer(rate=1000, burst=3)
+    assert [pacer.take() for _ in range(4)] == [True, True, True, False]
+    time.sleep(0.0025)
+    assert pacer.take() and pacer.take()
+    assert all(Pacer(rate=0, burst=1).take() for _ in range(100))  # 0: unpaced

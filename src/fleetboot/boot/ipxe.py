@@ -179,24 +179,35 @@ def render_local(who: Who, why: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_wait(urls: Urls, who: Who, *, wait_seconds: int, why: str = "") -> str:
+def render_wait(urls: Urls, who: Who, *, wait_seconds: int, why: str = "",
+                message: str | None = None) -> str:
+    """Sleep ``wait_seconds`` and ask again; ``message`` replaces the default console line."""
     lines = _header(who, f"wait {why}".strip())
-    lines += _retry(urls, "wait", wait_seconds, f"nothing to boot yet for {who.label()}")
+    lines += _retry(urls, "wait", wait_seconds,
+                    message or f"nothing to boot yet for {who.label()}")
     return "\n".join(lines) + "\n"
+
+
+def render_choice(action: BootAction, profile: ProfileSpec | None, rule: str, urls: Urls,
+                  who: Who, *, wait_seconds: int, extra_args: str = "") -> str:
+    """The script for a boot action (and its profile) chosen by ``rule``."""
+    why = f"(decided by {rule})"
+    if action is BootAction.PROFILE:
+        if profile is None:
+            raise ScriptError(f"{who.label()}: boot action 'profile' without a profile")
+        return render_profile(profile, urls, who, wait_seconds=wait_seconds,
+                              extra_args=extra_args, why=why)
+    if action is BootAction.LOCAL:
+        return render_local(who, why)
+    return render_wait(urls, who, wait_seconds=wait_seconds, why=why)
 
 
 def render_decision(decision: BootDecision, urls: Urls, who: Who, *, wait_seconds: int,
                     extra_args: str = "") -> str:
-    """The script for a node's boot decision."""
-    why = f"(decided by {decision.rule})"
-    if decision.action is BootAction.PROFILE:
-        if decision.profile is None:
-            raise ScriptError(f"{who.label()}: boot action 'profile' without a profile")
-        return render_profile(ProfileSpec.of(decision.profile), urls, who,
-                              wait_seconds=wait_seconds, extra_args=extra_args, why=why)
-    if decision.action is BootAction.LOCAL:
-        return render_local(who, why)
-    return render_wait(urls, who, wait_seconds=wait_seconds, why=why)
+    """The script for a node's boot decision (ORM objects; see :func:`render_choice`)."""
+    profile = ProfileSpec.of(decision.profile) if decision.profile is not None else None
+    return render_choice(decision.action, profile, decision.rule, urls, who,
+                         wait_seconds=wait_seconds, extra_args=extra_args)
 
 
 def render_menu(entries: Sequence[ProfileSpec], urls: Urls, who: Who, *, wait_seconds: int,

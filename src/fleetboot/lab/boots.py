@@ -35,7 +35,7 @@ from fleetboot.boot.images import ImageStore
 from fleetboot.errors import FleetbootError
 from fleetboot.inventory.db import Database
 from fleetboot.inventory.models import Node
-from fleetboot.lab import guest, netns
+from fleetboot.lab import guest
 from fleetboot.lab.fleet import FleetbootServer
 from fleetboot.lab.netns import Lab
 from fleetboot.lab.qemu import (
@@ -50,7 +50,7 @@ from fleetboot.lab.qemu import (
     start_vm,
 )
 from fleetboot.nodeconfig.states import NodeStatus, State
-from fleetboot.nodeconfig.timeline import read_states
+from fleetboot.nodeconfig.timeline import read_states, read_timeline
 
 LAB_SUBNET = "10.77.0"  # netns.Lab's default; every lab is its own namespace, so no clash
 POOL = (100, 250)
@@ -267,16 +267,19 @@ class FleetLab:
             if guests is None:
                 guests = prepare_guests(m.flavor for m in machines)
             inventory = lab_inventory(machines, store_profiles(workdir / BOOT_ROOT, guests))
-        lab = Lab.create(subnet=LAB_SUBNET, with_bridge=True)
+        lab: Lab | None = None
         advertiser: Background | None = None
         try:
+            with deferred_interrupts():  # a Ctrl-C here must not leave half a lab behind
+                lab = Lab.create(subnet=LAB_SUBNET, with_bridge=True)
             # Without router advertisements iPXE waits ~16 s for IPv6 before booting.
             advertiser = start_router_advertiser(lab)
             server = FleetbootServer.start(lab, workdir, inventory, config=config)
         except BaseException:
             if advertiser is not None:
                 advertiser.close()
-            lab.close()
+            if lab is not None:
+                lab.close()
             raise
         return cls(workdir, lab, advertiser, server)
 
@@ -293,6 +296,22 @@ class FleetLab:
         with self.db.session() as s:
             names = {i: n for i, n in s.execute(select(Node.id, Node.name))}
             return {names[i]: st for i, st in read_states(s).items() if i in names}
+
+    def server_cpu_s(self) -> float | None:
+        """CPU seconds (user + system) the server process has used so far."""
+        try:
+            fields = Path(f"/proc/{self.server.process.pid}/stat").read_text().rsplit(")", 1)[1]
+        except OSError:
+            return None
+        utime, stime = (int(v) for v in fields.split()[11:13])
+        return (utime + stime) / os.sysconf("SC_CLK_TCK")
+
+    def retransmissions(self) -> dict[str, int]:
+        """Per node: events of its latest boot marked as a retransmission (DHCP, TFTP)."""
+        with self.db.session() as s:
+            names = {i: n for i, n in s.execute(select(Node.id, Node.name))}
+            return {name: sum(1 for e in read_timeline(s, i) if e.detail.get("retransmit"))
+                    for i, name in names.items()}
 
     def boot(
         self,
@@ -487,14 +506,15 @@ def interrupts_as_exceptions() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def delete_own_namespaces() -> None:
-    """Delete namespaces this process made (``netns.unique_name`` tags them with our pid)
-    that an interrupt in the middle of ``Lab.create`` may have left behind."""
-    tag = f"{os.getpid() % 10000}x"
-    for line in netns.run(["ip", "netns", "list"], check=False).stdout.splitlines():
-        name = line.split(" ")[0]
-        if name.startswith(("fbs" + tag, "fbc" + tag)):
-            netns.Namespace(name).delete()
+@contextlib.contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM/SIGHUP until the block is done; they are delivered at its end."""
+    sigs = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 @contextlib.contextmanager

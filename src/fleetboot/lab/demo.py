@@ -24,7 +24,6 @@ files), also on Ctrl-C or failure.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import shlex
 import shutil
@@ -34,6 +33,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import click
 from rich.console import Console, Group
 from rich.panel import Panel
 from rich.text import Text
@@ -70,6 +70,8 @@ def fleetboot(config: Path, *args: str) -> None:
                    standalone_mode=False)
     except SystemExit as exc:
         code = exc.code
+    if code == 130:  # Ctrl-C inside the command (click turns it into an exit code)
+        raise KeyboardInterrupt
     if code not in (None, 0):
         raise boots.BootRunError(f"`fleetboot {shlex.join(args)}` failed (exit {code})")
 
@@ -135,11 +137,10 @@ def tour(workdir: Path, timeout_s: float) -> BootReport:
     step("guest kernels " + ", ".join(f"{g.flavor}: {g.kernel.parent.name}" for g in guests), t)
 
     t = time.monotonic()
-    with contextlib.ExitStack() as stack:
-        fleet = stack.enter_context(FleetLab.start(workdir, machines, register=False))
+    with FleetLab.start(workdir, machines, register=False) as fleet:
         step(f"lab network: namespace {fleet.lab.server.name}, bridge {fleet.lab.server_dev} "
              f"{fleet.lab.server_ip}/24, IPv6 router advertiser", t)
-        step(f"fleetboot serve -c {fleet.server.config_path} (SQLite, pid "
+        step(f"fleetboot -c {fleet.server.config_path} serve (SQLite, pid "
              f"{fleet.server.process.pid}, log {fleet.server.log_path})", t)
         console.rule("register the lab with the CLI")
         console.print(f"[dim]export FLEETBOOT_CONFIG={fleet.server.config_path}[/]")
@@ -163,9 +164,11 @@ def tour(workdir: Path, timeout_s: float) -> BootReport:
 
 def summary(report: BootReport, total_s: float) -> Group:
     style = "bold green" if report.ok else "bold red"
-    return Group(Text.assemble((summary_line(report), style), f"; demo total {total_s:.0f} s"),
-                 Text("next: docs/quickstart.md serves your own subnet with the same commands",
-                      style="dim"))
+    line = Text.assemble((summary_line(report), style), f"; demo total {total_s:.0f} s")
+    if not report.ok:
+        return Group(line)
+    return Group(line, Text("next: docs/quickstart.md serves your own subnet with the same "
+                            "commands", style="dim"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -192,14 +195,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             report = tour(workdir, args.timeout)
         console.print(summary(report, time.monotonic() - started))
         code = 0 if report.ok else 1
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, click.exceptions.Abort):  # Abort: Ctrl-C inside a CLI command
         console.print("\n[yellow]interrupted[/]")
         code = 130
     except (FleetbootError, VmError) as exc:
         console.print(f"[bold red]error:[/] {exc}")
     finally:
         with boots.uninterruptible():
-            boots.delete_own_namespaces()
             if args.keep:
                 console.print(f"[dim]cleaned up VMs, server and namespaces; work directory "
                               f"kept: {workdir}[/]")

@@ -70,13 +70,16 @@ def _cli_env(config_path: Path) -> dict[str, str]:
     return env
 
 
-def _run_all(commands: Sequence[Sequence[str]], env: Mapping[str, str],
-             cwd: Path) -> list[str]:
-    """Run CLI commands in parallel (each one is mostly interpreter start-up); their
-    outputs in order. Any failure raises FleetError naming the command."""
-    procs = [(cmd, subprocess.Popen(fleetboot_argv(*cmd), env=dict(env), cwd=cwd, text=True,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE))
-             for cmd in commands]
+def _spawn(commands: Sequence[Sequence[str]], env: Mapping[str, str],
+           cwd: Path) -> list[tuple[Sequence[str], subprocess.Popen[str]]]:
+    """Start CLI commands side by side (each one is mostly interpreter start-up)."""
+    return [(cmd, subprocess.Popen(fleetboot_argv(*cmd), env=dict(env), cwd=cwd, text=True,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+            for cmd in commands]
+
+
+def _collect(procs: list[tuple[Sequence[str], subprocess.Popen[str]]]) -> list[str]:
+    """The outputs of ``_spawn``ed commands, in order; any failure raises FleetError."""
     outputs, failed = [], []
     for cmd, proc in procs:
         out, err = proc.communicate()
@@ -86,6 +89,14 @@ def _run_all(commands: Sequence[Sequence[str]], env: Mapping[str, str],
     if failed:
         raise FleetError("set-up failed:\n" + "\n".join(failed))
     return outputs
+
+
+def parse_timeline(output: str) -> list[dict[str, Any]]:
+    """The events printed by ``fleetboot timeline NODE --json`` (none: an empty list)."""
+    if not output.lstrip().startswith("["):  # "no recorded events for ..."
+        return []
+    events: list[dict[str, Any]] = json.loads(output)
+    return events
 
 
 def install_boot_programs(boot_root: Path) -> None:
@@ -150,13 +161,17 @@ class FleetbootServer:
         inv_path.write_text(inventory if isinstance(inventory, str)
                             else yaml.safe_dump(inventory, sort_keys=False))
         env = _cli_env(config_path)
-        stored = _store_images(images or {}, env, workdir)
+        # Storing images touches only the boot root, so it runs beside the import.
+        items = list((images or {}).items())
+        adding = _spawn([["image", "add", str(src), "--name", name] for name, src in items],
+                        env, workdir)
         imported = subprocess.run(fleetboot_argv("inventory", "import", str(inv_path)),
                                   env=env, capture_output=True, text=True)
+        stored = _stored_paths(items, _collect(adding))
         if imported.returncode != 0:
             raise FleetError(f"inventory import failed: {imported.stderr or imported.stdout}")
         if setup:
-            _run_all(setup, env, workdir)
+            _collect(_spawn(setup, env, workdir))
         ready = workdir / "ready"
         ready.unlink(missing_ok=True)
         log_path = workdir / "fleetboot.log"
@@ -198,14 +213,14 @@ class FleetbootServer:
             raise FleetError(f"fleetboot {' '.join(args)} failed: {result.stderr}{result.stdout}")
         return result
 
+    def cli_all(self, *commands: Sequence[str]) -> list[str]:
+        """Several ``fleetboot`` commands side by side; their outputs in order."""
+        return _collect(_spawn(commands, _cli_env(self.config_path), self.workdir))
+
     def timeline(self, node: str, boot: int | None = None) -> list[dict[str, Any]]:
         """``fleetboot timeline NODE --json``: one boot's events (default: the latest)."""
         args = ["timeline", node, "--json"] + ([] if boot is None else ["--boot", str(boot)])
-        output = self.cli(*args).stdout
-        if not output.lstrip().startswith("["):  # "no recorded events for ..."
-            return []
-        events: list[dict[str, Any]] = json.loads(output)
-        return events
+        return parse_timeline(self.cli(*args).stdout)
 
     def admin_json(self, path: str) -> Any:
         """GET an admin API path (``/v1/admin/...``) with the admin token, from inside
@@ -245,12 +260,8 @@ class FleetbootServer:
         self.close()
 
 
-def _store_images(images: Mapping[str, Path], env: Mapping[str, str],
-                  workdir: Path) -> dict[str, str]:
-    """``fleetboot image add`` for each image (in parallel); name -> stored path."""
-    items = list(images.items())
-    outputs = _run_all([["image", "add", str(src), "--name", name] for name, src in items],
-                       env, workdir)
+def _stored_paths(items: Sequence[tuple[str, Path]], outputs: Sequence[str]) -> dict[str, str]:
+    """name -> path under the boot root, from the output of each ``fleetboot image add``."""
     stored = {}
     for (name, src), out in zip(items, outputs, strict=True):
         found = _STORED.search(out)

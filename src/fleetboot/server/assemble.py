@@ -8,6 +8,7 @@ boot-file source (and its chunk cache).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from fleetboot.inventory.db import Database
 from fleetboot.nodeconfig.service import NodeConfigService, NodeConfigSettings
 from fleetboot.server.dhcp import DhcpService, settings_from_config
 from fleetboot.server.http import HttpService, create_app
-from fleetboot.server.runtime import Runtime, Service
+from fleetboot.server.runtime import ReloadHook, Runtime, Service
 from fleetboot.server.tftp import TftpServer, TftpSettings
 
 
@@ -37,6 +38,16 @@ def tftp_settings(settings: Settings) -> TftpSettings:
                         timeout=t.timeout_s, retries=t.retries, max_sessions=t.max_sessions)
 
 
+def node_status_probe(nodeconfig: NodeConfigService) -> Callable[[int], tuple[str, float] | None]:
+    """Admission control's view of the node state machine: (state, since) per node id."""
+
+    def probe(node_id: int) -> tuple[str, float] | None:
+        st = nodeconfig.statuses.get(node_id)  # the dict is replaced at start: look it up
+        return (st.state.value, st.since) if st is not None else None
+
+    return probe
+
+
 def assemble(settings: Settings, db: Database | None = None) -> Assembly:
     """Build (not start) every enabled service of the process."""
     db = db or Database(settings.database.url)
@@ -54,10 +65,17 @@ def assemble(settings: Settings, db: Database | None = None) -> Assembly:
         tftp = TftpServer(tftp_settings(settings), source, events=nodeconfig.sink, directory=dhcp)
         services.append(tftp)
     http = None
+    reload_hooks: list[ReloadHook] = [dhcp.reload, nodeconfig.reload]
     if settings.http.enabled:
         app = create_app(settings, db, dhcp, nodeconfig.sink, source=source,
-                         extra_routes=nodeconfig.routes(), cmdline_hook=nodeconfig.cmdline_hook)
+                         extra_routes=nodeconfig.routes(), cmdline_hook=nodeconfig.cmdline_hook,
+                         node_status=node_status_probe(nodeconfig))
+        # Scripts render from an in-memory view the runtime reloads on revision changes;
+        # started (view loaded) before HTTP accepts the first request.
+        scripts = app.state.fleetboot.scripts
+        scripts.follow_runtime()
+        reload_hooks.append(scripts.reload)
         http = HttpService.from_settings(app, settings, protocol=nodeconfig.http_protocol())
-        services.append(http)
-    runtime = Runtime(db, services, reload_hooks=[dhcp.reload, nodeconfig.reload])
+        services += [scripts, http]
+    runtime = Runtime(db, services, reload_hooks=reload_hooks)
     return Assembly(runtime, dhcp, tftp, http, nodeconfig, source)

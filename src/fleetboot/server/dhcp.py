@@ -193,7 +193,7 @@ class DhcpService:
         self.settings = settings
         self.db = db
         self.view_loader = view_loader or (lambda: load_view(db))
-        self.events = events
+        self._events = events
         self.metrics = metrics
         self.leases = LeaseTable()
         self.engine: DhcpEngine | None = None
@@ -202,6 +202,17 @@ class DhcpService:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._rlog = RateLimitedLog(log)
         self._pacer = Pacer(settings.tx_pace_per_s, settings.tx_burst)
+
+    @property
+    def events(self) -> EventSink | None:
+        return self._events
+
+    @events.setter
+    def events(self, sink: EventSink | None) -> None:
+        """The event sink may be attached after construction, even while running."""
+        self._events = sink
+        if self.engine is not None:
+            self.engine.events = sink
 
     # --- life cycle ------------------------------------------------------------------------------
 

@@ -1,13 +1,16 @@
 """HTTP boot: per-node iPXE scripts and boot files, served in the server's asyncio loop.
 
 The runtime builds the app once and runs it with :class:`HttpService` (or
-:func:`serve_http`) beside DHCP and TFTP::
+:func:`serve_http`) beside DHCP and TFTP (see ``server/assemble.py``)::
 
     source = BootFileSource(settings.boot_root)          # shared with TFTP
     app = create_app(settings, db, leases, sink, source=source,
-                     extra_routes=[Mount("/v1", nodeconfig_app)],
-                     cmdline_hook=nodeconfig.kernel_args)
-    runtime.services.append(HttpService(app, settings.http.host, settings.http.port))
+                     extra_routes=nodeconfig.routes(),
+                     cmdline_hook=nodeconfig.cmdline_hook, node_status=probe)
+    scripts = app.state.fleetboot.scripts                # a Service and a reload hook
+    scripts.follow_runtime()
+    runtime.services += [scripts, HttpService.from_settings(app, settings)]
+    runtime.reload_hooks.append(scripts.reload)
 
 Routes (GET and HEAD; nothing else, and never a redirect, which UEFI HTTP
 boot cannot follow):
@@ -15,12 +18,17 @@ boot cannot follow):
 * ``/boot/script.ipxe``: the iPXE script of whoever asks. The node is found by
   the request's TCP source address through the lease table (address -> MAC ->
   node); nothing in the request (query, headers) can name another node, and
-  requests carrying proxy headers are refused. Serving a one-shot ``next``
-  boot clears it in the database, once, even when a firmware retries.
+  requests carrying proxy headers are refused. Scripts come from an in-memory
+  view of the inventory (``server/scripts.py``): no database access, except a
+  batched write when a one-shot ``next`` boot is served (cleared once, even
+  when a firmware retries). Admission control may answer WAIT instead of
+  starting a boot while the server is saturated (``server/admission.py``).
 * ``/boot/files/{path}``: files from the shared :class:`BootFileSource`
   (static files under the boot root and generated files), with Range, HEAD and
   exact Content-Length; static files go out with sendfile(2) where the loop
-  supports it.
+  supports it. Large files wait for a transfer slot (``admission.max_transfers``).
+* ``/metrics`` (GET): every counter and gauge of the process in the Prometheus
+  text format, for loopback peers or with the admin token.
 
 Every response that completes (or is cut off) emits a :class:`BootEvent`
 (``source="http"``, ``kind`` "script" or "file") with its size and duration.
@@ -30,24 +38,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
+import ipaddress
 import logging
 import socket
 import time
-from collections.abc import Callable, Generator, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Generator, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
-from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from fleetboot.boot import ipxe
-from fleetboot.boot.decision import BootDecision, decide
 from fleetboot.boot.files import (
     BootFileNotFound,
     BootFileSource,
@@ -55,206 +62,40 @@ from fleetboot.boot.files import (
     MemoryBootFile,
     RequestContext,
 )
-from fleetboot.config import Settings
+from fleetboot.config import Settings, admin_token
 from fleetboot.errors import FleetbootError
-from fleetboot.inventory import service
-from fleetboot.inventory.addr import normalize_mac
 from fleetboot.inventory.db import Database
-from fleetboot.inventory.models import BootAction, BootProfile, InventoryRevision, Node
+from fleetboot.server.admission import (
+    AdmissionLimits,
+    BootAdmission,
+    GateBusy,
+    StatusProbe,
+    TransferGate,
+    TransferLimits,
+)
 from fleetboot.server.directory import LeaseDirectory
 from fleetboot.server.events import BootEvent, EventSink, discard
-from fleetboot.server.httpfiles import BootFileResponse, Transfer, ZeroCopyHttpToolsProtocol
+from fleetboot.server.httpfiles import (
+    BootFileResponse,
+    Transfer,
+    ZeroCopyHttpToolsProtocol,
+    etag_matches,
+)
+from fleetboot.server.metrics import registry
+from fleetboot.server.scripts import CmdlineHook, ScriptRefused, ScriptService, ServedScript
+
+__all__ = ["CmdlineHook", "HttpContext", "HttpError", "HttpService", "ScriptRefused",
+           "ScriptService", "ServedScript", "create_app", "http_protocol", "serve_http"]
 
 log = logging.getLogger(__name__)
 
 SCRIPT_FILE = "script.ipxe"  # the script's name in the boot-file source (TFTP, /boot/files/)
 PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip", "x-forwarded-host")
-
-# (node, mac, address) -> extra kernel arguments for this boot (e.g. a per-boot token
-# and the configuration URL). Called in a worker thread inside the transaction that
-# serves the script, only for GET requests of known nodes booting a profile.
-CmdlineHook = Callable[[Node, str, str], str]
+METRICS_PATH = "/metrics"
 
 
 class HttpError(FleetbootError):
     pass
-
-
-class ScriptRefused(HttpError):
-    """The asking address may not have a script (e.g. it is not the node's boot NIC)."""
-
-
-class _Raced(Exception):
-    """The one-shot boot changed between reading and consuming it: decide again."""
-
-
-# --- scripts ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ServedScript:
-    text: str
-    kind: str  # "profile" | "local" | "wait" | "menu"
-    node: str | None = None
-    profile: str | None = None
-    rule: str | None = None
-    consumed: bool = False  # this render cleared the node's one-shot boot
-
-    def detail(self) -> dict[str, Any]:
-        return {"node": self.node, "boot": self.kind, "profile": self.profile,
-                "rule": self.rule, "one_shot_consumed": self.consumed}
-
-
-@dataclass
-class ScriptService:
-    """Renders scripts from the inventory; one render per client at a time.
-
-    GET renders are shared by concurrent requests of the same client and reused
-    for ``ttl`` seconds (at most half the WAIT interval), so a firmware that
-    retries (or probes, then fetches, as UEFI does over TFTP) gets the same
-    script and a one-shot boot is consumed exactly once.
-    """
-
-    db: Database
-    settings: Settings
-    hook: CmdlineHook | None = None
-    ttl: float = 2.0
-    _inflight: dict[str, asyncio.Task[ServedScript]] = field(default_factory=dict)
-    _recent: dict[str, tuple[float, ServedScript]] = field(default_factory=dict)
-
-    @property
-    def urls(self) -> ipxe.Urls:
-        http = self.settings.http
-        return ipxe.Urls(http.public_url or f"http://{self.settings.server_address}:{http.port}")
-
-    async def script(self, mac: str | None, address: str, *, consume: bool = True) -> ServedScript:
-        """The script for the client at ``address`` (``mac`` from its lease, if any).
-
-        ``consume=False`` (HEAD) renders without clearing a one-shot boot and
-        without calling the hook.
-        """
-        if not consume:
-            return await asyncio.to_thread(self._build, mac, address, False)
-        key = mac or address
-        recent = self._recent.get(key)
-        if recent is not None and recent[0] > time.monotonic():
-            return recent[1]
-        task = self._inflight.get(key)
-        if task is None:
-            # Its own task: a client that hangs up must not cancel the shared render.
-            task = asyncio.get_running_loop().create_task(self._render_shared(key, mac, address))
-            self._inflight[key] = task
-        return await asyncio.shield(task)
-
-    async def _render_shared(self, key: str, mac: str | None, address: str) -> ServedScript:
-        try:
-            served = await asyncio.to_thread(self._build, mac, address, True)
-            self._forget_expired()
-            # Shorter than a WAIT round, so a waiting node's next ask gets a fresh answer.
-            ttl = min(self.ttl, self.settings.http.wait_seconds / 2)
-            self._recent[key] = (time.monotonic() + ttl, served)
-            return served
-        finally:
-            self._inflight.pop(key, None)
-
-    def _forget_expired(self) -> None:
-        if len(self._recent) > 1024:
-            now = time.monotonic()
-            for key in [k for k, (until, _) in self._recent.items() if until <= now]:
-                del self._recent[key]
-
-    def invalidate(self) -> None:
-        """Forget reused renders (tests). Not a reload hook: consuming a one-shot bumps
-        the revision, and forgetting then would hand a retrying firmware the next boot."""
-        self._recent.clear()
-
-    async def provide(self, name: str, ctx: RequestContext) -> bytes:
-        """A :class:`BootFileSource` provider: the same script over TFTP."""
-        try:
-            return (await self.script(ctx.client_mac, ctx.client_ip)).text.encode()
-        except ScriptRefused as exc:
-            raise BootPathRefused(str(exc)) from None  # TFTP error 2 / HTTP 403
-
-    # --- in a worker thread ---
-
-    def _build(self, mac: str | None, address: str, consume: bool) -> ServedScript:
-        for attempt in range(5):
-            try:
-                with self.db.session() as session:
-                    return self._build_in(session, mac, address, consume)
-            except _Raced:
-                continue
-            except OperationalError:
-                # SQLite refuses to upgrade a stale read transaction when another
-                # writer (the CLI) committed meanwhile: start over on fresh data.
-                if attempt == 4:
-                    raise
-                time.sleep(0.01 * (attempt + 1))
-        raise HttpError("the node's boot setting kept changing; try again")
-
-    def _build_in(self, session: Session, mac: str | None, address: str,
-                  consume: bool) -> ServedScript:
-        mac = normalize_mac(mac) if mac else None
-        node = service.node_by_mac(session, mac) if mac else None
-        if node is None:
-            return self._unknown(session, mac, address)
-        iface = next(i for i in node.interfaces if i.mac == mac)
-        if not iface.is_boot:
-            raise ScriptRefused(f"{mac} is not the boot interface of node {node.name}")
-        decision = decide(node)
-        extra = ""
-        if consume and self.hook is not None and decision.action is BootAction.PROFILE:
-            extra = self.hook(node, iface.mac, address)
-        who = ipxe.Who(node.name, iface.mac, address)
-        text = ipxe.render_decision(decision, self.urls, who, extra_args=extra,
-                                    wait_seconds=self.settings.http.wait_seconds)
-        consumed = consume and decision.one_shot
-        if consumed and not _consume_one_shot(session, node, decision):
-            raise _Raced
-        return ServedScript(text, decision.action.value, node.name,
-                            decision.profile.name if decision.profile else None,
-                            decision.rule, consumed)
-
-    def _unknown(self, session: Session, mac: str | None, address: str) -> ServedScript:
-        http = self.settings.http
-        who = ipxe.Who(None, mac, address)
-        if http.unknown_menu:
-            profiles = _profiles_by_name(session, http.unknown_menu)
-            text = ipxe.render_menu([ipxe.ProfileSpec.of(p) for p in profiles], self.urls, who,
-                                    wait_seconds=http.wait_seconds,
-                                    timeout_s=http.menu_timeout_s, default=http.menu_default)
-            return ServedScript(text, "menu", rule="menu for unknown machines")
-        decision = decide(None, BootAction(http.unknown_action))
-        text = ipxe.render_decision(decision, self.urls, who, wait_seconds=http.wait_seconds)
-        return ServedScript(text, decision.action.value, rule=decision.rule)
-
-
-def _profiles_by_name(session: Session, names: Sequence[str]) -> list[BootProfile]:
-    found = {p.name: p for p in session.scalars(
-        select(BootProfile).where(BootProfile.name.in_(list(names))))}
-    missing = [n for n in names if n not in found]
-    if missing:
-        log.warning("http.unknown_menu names unknown profiles: %s", ", ".join(missing))
-    return [found[n] for n in names if n in found]
-
-
-def _consume_one_shot(session: Session, node: Node, decision: BootDecision) -> bool:
-    """Clear the node's ``next`` boot if it is still the one just decided (compare-and-set)."""
-    profile_id = decision.profile.id if decision.profile else None
-    same_profile = (Node.next_profile_id.is_(None) if profile_id is None
-                    else Node.next_profile_id == profile_id)
-    result = session.execute(
-        update(Node)
-        .where(Node.id == node.id, Node.next_action == decision.action, same_profile)
-        .values(next_action=None, next_profile_id=None)
-        .execution_options(synchronize_session=False))
-    if getattr(result, "rowcount", 0) != 1:
-        return False
-    # A Core UPDATE skips the ORM flush hook that bumps the inventory revision;
-    # bump it here so running servers (DHCP's view) notice the cleared boot.
-    session.execute(update(InventoryRevision).where(InventoryRevision.id == 1)
-                    .values(value=InventoryRevision.value + 1))
-    return True
 
 
 # --- the app --------------------------------------------------------------------------------
@@ -269,6 +110,8 @@ class HttpContext:
     events: EventSink
     source: BootFileSource
     scripts: ScriptService
+    gate: TransferGate
+    admin_token: str | None = None
 
     def who(self, request: Request) -> tuple[str, str | None]:
         """The TCP peer's address and the MAC leased to it (never from headers)."""
@@ -348,13 +191,65 @@ async def _file(request: Request) -> Response:
     except FleetbootError as exc:
         return _error(ctx, 500, str(exc), "file", address, mac, base, started)
 
+    gated = request.method == "GET" and ctx.gate.applies(file.size) \
+        and not etag_matches(request.headers.get("if-none-match"), file.etag)
+    if gated:
+        try:
+            await ctx.gate.acquire()
+        except GateBusy as exc:
+            return _busy(ctx, exc.reason, address, mac, base, started)
+    queued_s = round(time.monotonic() - started, 6)
+
     def done(t: Transfer) -> None:
         ctx.emit("file", address, mac, {**base, **_transfer_detail(t),
-                                        "generated": file.generated})
+                                        "generated": file.generated, "queued_s": queued_s})
 
     headers = {"cache-control": "no-store"} if file.generated else None
     return BootFileResponse(file, started=started, on_done=done, extra_headers=headers,
-                            zero_copy=ctx.settings.http.zero_copy)
+                            zero_copy=ctx.settings.http.zero_copy,
+                            on_close=ctx.gate.release if gated else None)
+
+
+def _busy(ctx: HttpContext, reason: str, address: str, mac: str | None,
+          detail: dict[str, Any], started: float) -> Response:
+    """503 + Retry-After: iPXE waits that long and asks again on its own."""
+    retry = ctx.gate.limits.retry_after_s
+    response = _error(ctx, 503, f"the boot server is busy ({reason}); retry in {retry} s",
+                      "file", address, mac, detail, started)
+    response.headers["retry-after"] = str(retry)
+    return response
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+async def _metrics(request: Request) -> Response:
+    """Every counter and gauge of the process, in the Prometheus text format.
+
+    Open to loopback peers (a local Prometheus or node exporter) and to anyone
+    sending ``Authorization: Bearer <security.admin_token>``; nodes get 403.
+    """
+    ctx: HttpContext = request.app.state.fleetboot
+    address = request.client.host if request.client else ""
+    if _proxied(request) or not (_is_loopback(address) or _bearer_ok(request, ctx.admin_token)):
+        return PlainTextResponse("metrics are for loopback or the admin token\n",
+                                 status_code=403)
+    ctx.scripts.sweep()  # boots that ended since the last script request
+    return PlainTextResponse(registry.render_text(),
+                             media_type="text/plain; version=0.0.4; charset=utf-8",
+                             headers={"cache-control": "no-store"})
+
+
+def _bearer_ok(request: Request, token: str | None) -> bool:
+    if not token:
+        return False
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(),
+                                                              token.encode())
 
 
 def create_app(
@@ -366,16 +261,24 @@ def create_app(
     extra_routes: Iterable[BaseRoute] = (),
     source: BootFileSource | None = None,
     cmdline_hook: CmdlineHook | None = None,
+    node_status: StatusProbe | None = None,
 ) -> Starlette:
     """The HTTP boot app. See the module docstring for routes.
 
     ``source`` should be the one the TFTP server uses (one chunk cache); the
     app registers the per-node script in it as ``script.ipxe``. ``extra_routes``
     (e.g. a ``Mount("/v1", ...)`` of the node-config API) are appended after
-    the boot routes; they bring their own authentication.
+    the boot routes; they bring their own authentication. ``node_status``
+    (node id -> (state, since)) tells admission control when a boot has ended;
+    without it a boot slot is freed only by ``admission.boot_timeout_s``.
     """
     source = source if source is not None else BootFileSource(settings.boot_root)
-    scripts = ScriptService(db, settings, cmdline_hook)
+    admission = BootAdmission(AdmissionLimits.from_config(settings.admission))
+    scripts = ScriptService(db, settings, cmdline_hook, admission=admission,
+                            status_probe=node_status)
+    scripts.register_metrics()
+    gate = TransferGate(TransferLimits.from_config(settings.admission))
+    registry.register("transfers", gate.counters)
     if not any(p.pattern == SCRIPT_FILE for p in source.providers):
         # ttl 0: the script service shares and reuses renders itself.
         source.add_provider(SCRIPT_FILE, scripts.provide, ttl=0)
@@ -385,11 +288,13 @@ def create_app(
     routes: list[BaseRoute] = [
         Route(ipxe.SCRIPT_PATH, _script, methods=["GET", "HEAD"]),
         Route(ipxe.FILES_PATH + "{path:path}", _file, methods=["GET", "HEAD"]),
+        Route(METRICS_PATH, _metrics, methods=["GET"]),
         *extra_routes,
     ]
     app = Starlette(routes=routes)
     app.router.redirect_slashes = False  # UEFI HTTP boot cannot follow a redirect
-    app.state.fleetboot = HttpContext(settings, directory, events, source, scripts)
+    app.state.fleetboot = HttpContext(settings, directory, events, source, scripts, gate,
+                                      admin_token(settings))
     return app
 
 

@@ -19,10 +19,14 @@ Three parts:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import mimetypes
+import os
 import re
+import select
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -151,10 +155,12 @@ class BootFileResponse(Response):
 
     def __init__(self, file: BootFile, *, started: float, on_done: OnDone | None = None,
                  media_type: str | None = None, zero_copy: bool = True,
-                 extra_headers: dict[str, str] | None = None) -> None:
+                 extra_headers: dict[str, str] | None = None,
+                 on_close: Callable[[], None] | None = None) -> None:
         self.file = file
         self.started = started
         self.on_done = on_done
+        self.on_close = on_close  # always called once the response is over (slot release)
         self.zero_copy = zero_copy
         self.status_code = 200
         self.media_type = media_type or mimetypes.guess_type(file.name)[0] \
@@ -164,6 +170,14 @@ class BootFileResponse(Response):
         self.init_headers(extra_headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self._respond(scope, receive, send)
+        finally:
+            if self.on_close is not None:
+                on_close, self.on_close = self.on_close, None
+                on_close()
+
+    async def _respond(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Headers(scope=scope)
         head = scope["method"] == "HEAD"
         size = self.file.size
@@ -247,9 +261,22 @@ class BootFileResponse(Response):
         progress.finished = True
 
     async def _send_stream(self, send: Send, rng: ByteRange, progress: _Progress) -> None:
-        async for piece in self.file.iter_bytes(rng.start, rng.end, chunk=STREAM_CHUNK):
+        # Pieces aligned to the chunk cache go out as views of the cached chunks:
+        # no copy in Python (BootFile.iter_bytes would copy every piece).
+        reader = self.file.reader()
+        offset = rng.start
+        while offset < rng.end:
+            length = min(STREAM_CHUNK - offset % STREAM_CHUNK, rng.end - offset)
+            reader.prefetch(offset + length)
+            piece = reader.view(offset, length)
+            if piece is None:
+                await reader.load(offset, length)
+                piece = reader.view(offset, length)
+            if piece is None or len(piece) != length:
+                raise OSError(f"{self.file.name}: could not read {length} bytes at {offset}")
             await send({"type": "http.response.body", "body": piece, "more_body": True})
-            progress.sent += len(piece)
+            progress.sent += length
+            offset += length
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         progress.finished = True
 
@@ -325,7 +352,7 @@ def _zero_copy_classes() -> tuple[type[Any], type[Any]] | None:
 
     class ZeroCopyHttpToolsProtocol(HttpToolsProtocol):
         def _start_asgi_task(self, cycle: Any, app: Any) -> None:
-            if loop_has_native_sendfile(self.loop):
+            if loop_has_native_sendfile(self.loop) or pump_can_serve(self.transport):
                 # uvicorn builds the cycle itself; give it the zero-copy send before
                 # the application runs (nothing has called send yet).
                 cycle.__class__ = ZeroCopyCycle
@@ -338,6 +365,11 @@ def _zero_copy_classes() -> tuple[type[Any], type[Any]] | None:
 async def _sendfile(transport: asyncio.BaseTransport, fileobj: Any, offset: int,
                     count: int) -> None:
     loop = asyncio.get_running_loop()
+    if not loop_has_native_sendfile(loop):
+        await sendfile_pump().send(transport, fileobj.fileno(), offset, count)
+        zero_copy_stats.responses += 1
+        zero_copy_stats.bytes += count
+        return
     transport_ = transport  # type: Any  # loop.sendfile wants a WriteTransport
     try:
         sent = await loop.sendfile(transport_, fileobj, offset, count, fallback=False)
@@ -349,6 +381,182 @@ async def _sendfile(transport: asyncio.BaseTransport, fileobj: Any, offset: int,
         raise ConnectionError(f"sendfile sent {sent} of {count} bytes")
     zero_copy_stats.responses += 1
     zero_copy_stats.bytes += sent
+
+
+# --- sendfile(2) for loops without loop.sendfile (uvloop) ------------------------------------
+
+
+def pump_can_serve(transport: Any) -> bool:
+    """A plain TCP transport whose socket we can hand to sendfile(2) (not TLS)."""
+    if not hasattr(select, "epoll") or transport is None:
+        return False
+    if transport.get_extra_info("sslcontext") is not None:
+        return False
+    sock = transport.get_extra_info("socket")
+    return sock is not None and hasattr(sock, "fileno") and sock.fileno() >= 0
+
+
+@dataclass(eq=False)
+class _Job:
+    out_fd: int  # our dup of the connection's socket
+    in_fd: int
+    offset: int
+    remaining: int
+    future: asyncio.Future[None]
+    loop: asyncio.AbstractEventLoop
+    last_progress: float
+    closed: bool = False
+
+
+class SendfilePump:
+    """sendfile(2) from the page cache to sockets, for loops that lack ``loop.sendfile``.
+
+    uvloop streams response bodies through Python: every byte is copied into
+    the process and out again, on the event loop. Here the loop makes one
+    non-blocking ``os.sendfile`` call (it usually moves a socket buffer's
+    worth), and when the socket is full the transfer moves to one helper
+    thread that waits for writability with its own epoll and calls sendfile
+    again (the GIL is released during the syscall). The connection's socket is
+    used through a ``dup`` of its descriptor, closed when the transfer ends, so
+    a connection closed meanwhile can never have its descriptor number reused
+    under us. The HTTP layer writes nothing while a transfer runs (it awaits
+    it), and the headers are flushed before the first byte.
+    """
+
+    def __init__(self, idle_timeout_s: float = 60.0) -> None:
+        self.idle_timeout_s = idle_timeout_s
+        self._lock = threading.Lock()
+        self._jobs: dict[int, _Job] = {}
+        self._epoll: Any = None
+        self._thread: threading.Thread | None = None
+        self.handoffs = 0  # transfers that needed the helper thread
+
+    async def send(self, transport: Any, in_fd: int, offset: int, count: int) -> None:
+        loop = asyncio.get_running_loop()
+        await _flushed(transport, self.idle_timeout_s)
+        out_fd = os.dup(transport.get_extra_info("socket").fileno())
+        try:
+            sent = _send_some(out_fd, in_fd, offset, count)
+        except OSError as exc:
+            os.close(out_fd)
+            raise ConnectionError(f"sendfile failed: {exc}") from exc
+        if sent == count:
+            os.close(out_fd)
+            return
+        job = _Job(out_fd, in_fd, offset + sent, count - sent, loop.create_future(), loop,
+                   time.monotonic())
+        self._start(job)
+        try:
+            await job.future
+        except asyncio.CancelledError:
+            self._close(job)  # the request went away: stop sending for nobody
+            raise
+
+    def _start(self, job: _Job) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._epoll = select.epoll()
+                self._thread = threading.Thread(target=self._run, name="sendfile-pump",
+                                                daemon=True)
+                self._thread.start()
+            self._jobs[job.out_fd] = job
+            self.handoffs += 1
+            self._epoll.register(job.out_fd, select.EPOLLOUT | select.EPOLLONESHOT)
+
+    def _close(self, job: _Job, exc: BaseException | None = None) -> None:
+        """End ``job`` (either thread); the lock keeps the fd alive while in use."""
+        with self._lock:
+            if job.closed:
+                return
+            job.closed = True
+            self._jobs.pop(job.out_fd, None)
+            with contextlib.suppress(OSError, ValueError):
+                self._epoll.unregister(job.out_fd)
+            os.close(job.out_fd)
+        with contextlib.suppress(RuntimeError):  # the loop is gone (shutdown)
+            job.loop.call_soon_threadsafe(_settle, job.future, exc)
+
+    def _run(self) -> None:
+        epoll = self._epoll
+        while True:
+            events = epoll.poll(0.5)
+            now = time.monotonic()
+            for fd, _mask in events:
+                self._advance(fd, now)
+            self._expire(now)
+
+    def _advance(self, fd: int, now: float) -> None:
+        with self._lock:
+            job = self._jobs.get(fd)
+            if job is None or job.closed:
+                return
+            try:
+                sent = _send_some(job.out_fd, job.in_fd, job.offset, job.remaining)
+            except OSError as exc:
+                error: BaseException | None = ConnectionError(f"sendfile failed: {exc}")
+            else:
+                error = None
+                if sent:
+                    job.offset += sent
+                    job.remaining -= sent
+                    job.last_progress = now
+                if job.remaining:
+                    self._epoll.modify(fd, select.EPOLLOUT | select.EPOLLONESHOT)
+                    return
+        self._close(job, error)
+
+    def _expire(self, now: float) -> None:
+        with self._lock:
+            stalled = [j for j in self._jobs.values()
+                       if now - j.last_progress > self.idle_timeout_s]
+        for job in stalled:
+            self._close(job, ConnectionError(
+                f"the client took nothing for {self.idle_timeout_s:.0f} s"))
+
+
+def _send_some(out_fd: int, in_fd: int, offset: int, count: int) -> int:
+    """sendfile until done or the socket is full; the bytes sent."""
+    sent = 0
+    while sent < count:
+        try:
+            n = os.sendfile(out_fd, in_fd, offset + sent, count - sent)
+        except BlockingIOError:
+            break
+        except InterruptedError:
+            continue
+        if n == 0:
+            raise ConnectionError("sendfile sent nothing: the file is shorter than promised")
+        sent += n
+    return sent
+
+
+def _settle(future: asyncio.Future[None], exc: BaseException | None) -> None:
+    if future.done():
+        return
+    if exc is None:
+        future.set_result(None)
+    else:
+        future.set_exception(exc)
+
+
+async def _flushed(transport: Any, timeout_s: float) -> None:
+    """Wait until everything written through the transport (the headers) is on the wire."""
+    deadline = time.monotonic() + timeout_s
+    while transport.get_write_buffer_size():
+        if transport.is_closing() or time.monotonic() > deadline:
+            raise ConnectionError("the client stopped reading")
+        await asyncio.sleep(0.002)
+
+
+_pump: SendfilePump | None = None
+
+
+def sendfile_pump() -> SendfilePump:
+    """The process's pump (one helper thread serves every transfer)."""
+    global _pump
+    if _pump is None:
+        _pump = SendfilePump()
+    return _pump
 
 
 _classes = _zero_copy_classes()

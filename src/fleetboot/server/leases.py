@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -38,8 +39,10 @@ from fleetboot.server.metrics import Metrics, RateLimitedLog, registry
 __all__ = ["LeaseInfo", "LeaseJournal", "LeaseTable", "load_leases"]
 
 log = logging.getLogger("fleetboot.dhcp.leases")
-CHECKPOINT_INTERVAL = 1.0
-CHUNK = 500  # rows per statement: 8 parameters each stays under every driver's limit
+CHECKPOINT_POLL = 0.25
+CHECKPOINT_IDLE = 0.5  # seconds without a commit before the WAL is checkpointed
+CHECKPOINT_WAL_BYTES = 64 << 20
+CHUNK = 500  # rows per statement: 7 parameters each stays under every driver's limit
 COLUMNS = "address, mac, client_id, hostname, subnet_id, starts, expires"
 UPDATE = ("mac = excluded.mac, client_id = excluded.client_id, hostname = excluded.hostname, "
           "subnet_id = excluded.subnet_id, starts = excluded.starts, expires = excluded.expires")
@@ -227,6 +230,10 @@ class LeaseJournal:
                 self._conn.commit()
         return self._conn
 
+    def _wal_path(self) -> str | None:
+        database = self.db.engine.url.database
+        return f"{database}-wal" if database and database != ":memory:" else None
+
     def _reset_connection(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
@@ -236,10 +243,20 @@ class LeaseJournal:
                 log.debug("dropping the journal connection: %s", exc)
 
     def _checkpoint_loop(self) -> None:
-        """Copy the WAL into the database off the commit path, once a second when dirty."""
+        """Copy the WAL into the database off the commit path.
+
+        A checkpoint fsyncs, and on a busy disk an fsync can hold up the writer's
+        next commit (and its ACKs) for a long time; so it runs once commits have
+        paused for a moment, or when the WAL has grown past ``CHECKPOINT_WAL_BYTES``
+        (a long boot storm), never on a timer in the middle of a burst.
+        """
+        wal = self._wal_path()
         with self.db.engine.connect() as conn:
-            while not self._stopped.wait(CHECKPOINT_INTERVAL):
+            while not self._stopped.wait(CHECKPOINT_POLL):
                 if not self._dirty:
+                    continue
+                quiet = time.monotonic() - self._last_start >= CHECKPOINT_IDLE
+                if not quiet and _size(wal) < CHECKPOINT_WAL_BYTES:
                     continue
                 self._dirty = False
                 try:
@@ -276,3 +293,10 @@ class LeaseJournal:
                 self._sql.clear()
             self._sql[rows] = sql
         return sql
+
+
+def _size(path: str | None) -> int:
+    try:
+        return os.path.getsize(path) if path else 0
+    except OSError:
+        return 0

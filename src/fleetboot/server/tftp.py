@@ -332,6 +332,8 @@ class _Session:
 class TftpServer:
     """Serves files from a :class:`BootFileSource` over TFTP. Read-only."""
 
+    name = "tftp"
+
     def __init__(self, settings: TftpSettings, source: BootFileSource | None = None, *,
                  events: EventSink = discard, directory: LeaseDirectory | None = None) -> None:
         if source is None:

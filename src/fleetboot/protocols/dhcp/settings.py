@@ -77,8 +77,8 @@ class DhcpSettings:
     journal_window_ms: float = 5.0  # least time between two lease commits
     journal_max_batch: int = 4096
     # Reply pacing: at most tx_burst back to back, then tx_pace_per_s (0: unpaced).
-    tx_pace_per_s: int = 20_000
-    tx_burst: int = 48
+    tx_pace_per_s: int = 30_000
+    tx_burst: int = 64
 
     def __post_init__(self) -> None:
         if self.unknown_clients not in ("serve", "ignore"):
