@@ -60,8 +60,11 @@ class DhcpConfig(_Section):
     port: int = 67
     proxy: bool = False  # proxyDHCP (67 + 4011) beside another DHCP server
     unknown_clients: Literal["serve", "ignore"] = "serve"
-    non_boot_interfaces: Literal["address", "ignore"] = "address"
-    journal_window_ms: float = 2.0
+    # A node's other NICs: an address without a boot file, no answer at all, or an
+    # address for the OS but no answer to firmware (ignore_boot).
+    non_boot_interfaces: Literal["address", "ignore", "ignore_boot"] = "address"
+    journal_window_ms: float = 5.0  # lease group-commit window
+    tx_pace_per_s: float = 30000.0  # reply pacing after a burst; 0 turns it off
 
 
 class TftpConfig(_Section):

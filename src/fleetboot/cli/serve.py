@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from pathlib import Path
 
@@ -27,6 +28,9 @@ def serve(
     logging.basicConfig(level=log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # Packet paths allocate many short-lived objects and no cycles: cyclic GC
+    # passes cost 30-40% of packet time at the default threshold.
+    gc.set_threshold(50_000, 20, 100)
     cli = state(ctx)
     settings = cli.settings
     assembly = assemble(settings, cli.db)

@@ -8,9 +8,10 @@ boot-file source (and its chunk cache).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 from fleetboot.boot.files import BootFileSource
 from fleetboot.config import Settings, admin_token
@@ -18,6 +19,7 @@ from fleetboot.inventory.db import Database
 from fleetboot.nodeconfig.service import NodeConfigService, NodeConfigSettings
 from fleetboot.server.dhcp import DhcpService, settings_from_config
 from fleetboot.server.http import HttpService, create_app
+from fleetboot.server.metrics import registry
 from fleetboot.server.runtime import ReloadHook, Runtime, Service
 from fleetboot.server.tftp import TftpServer, TftpSettings
 
@@ -36,6 +38,25 @@ def tftp_settings(settings: Settings) -> TftpSettings:
     t = settings.tftp
     return TftpSettings(root=Path(settings.boot_root), port=t.port, max_blksize=t.max_blksize,
                         timeout=t.timeout_s, retries=t.retries, max_sessions=t.max_sessions)
+
+
+class FieldCounters(Mapping[str, int]):
+    """A dataclass of int counters as a live mapping, for the metrics registry."""
+
+    def __init__(self, obj: Any) -> None:
+        self._obj = obj
+        self._names = [f.name for f in fields(obj)]
+
+    def __getitem__(self, name: str) -> int:
+        if name not in self._names:
+            raise KeyError(name)
+        return int(getattr(self._obj, name))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
 
 
 def node_status_probe(nodeconfig: NodeConfigService) -> Callable[[int], tuple[str, float] | None]:
@@ -78,4 +99,8 @@ def assemble(settings: Settings, db: Database | None = None) -> Assembly:
         http = HttpService.from_settings(app, settings, protocol=nodeconfig.http_protocol())
         services += [scripts, http]
     runtime = Runtime(db, services, reload_hooks=reload_hooks)
+    # Everything counted, in GET /metrics (DHCP and HTTP register their own).
+    registry.register("nodeconfig", nodeconfig.counters)
+    if tftp is not None:
+        registry.register("tftp", FieldCounters(tftp.stats))
     return Assembly(runtime, dhcp, tftp, http, nodeconfig, source)

@@ -400,6 +400,7 @@ def settings_from_config(cfg: Settings) -> DhcpSettings:
         interfaces=tuple(d.interfaces), port=d.port, proxy=d.proxy,
         unknown_clients="serve" if d.unknown_clients == "serve" else "ignore",
         non_boot_interfaces=d.non_boot_interfaces, journal_window_ms=d.journal_window_ms,
+        tx_pace_per_s=int(d.tx_pace_per_s),
         next_server=server, http_host=server, http_port=cfg.http.port, architectures=arches)
 
 
