@@ -450,9 +450,8 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
-                        help="the server's event loop (asyncio: what HttpService's sendfile "
-                             "needs)")
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="uvloop",
+                        help="the server's event loop (uvloop: what `fleetboot serve` runs)")
     parser.add_argument("--path", choices=("raw", "asgi"), default="raw",
                         help="raw: the uvicorn protocol fast path; asgi: the ASGI middleware")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)

@@ -24,6 +24,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 from rich.console import Console
@@ -57,10 +58,9 @@ def run(args: argparse.Namespace, console: Console, workdir: Path) -> boots.Boot
             report = fleet.boot(machines, timeout_s=args.timeout, on_update=progress)
         cpu = (fleet.server_cpu_s() or 0.0) - cpu_before
         console.print(f"fleetboot serve used {cpu:.1f} s of CPU during the boots")
-        retries = {n: c for n, c in fleet.retransmissions().items() if c}
+        retries = Counter(r for rs in fleet.retransmissions().values() for r in rs)
         console.print(f"retransmissions seen by the server: {sum(retries.values())}"
-                      + (f" ({', '.join(f'{n}: {c}' for n, c in sorted(retries.items()))})"
-                         if retries else ""))
+                      + "".join(f"; {what}: {n}" for what, n in retries.most_common()))
         if not report.ok:
             console.print(report.errors(), style="red", soft_wrap=True)
             console.print(f"server log tail:\n{fleet.server.log_tail(20)}", soft_wrap=True)

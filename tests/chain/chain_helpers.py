@@ -24,7 +24,7 @@ from sqlalchemy import select
 
 from fleetboot.inventory.db import Database
 from fleetboot.inventory.models import Node
-from fleetboot.lab import netns, qemu
+from fleetboot.lab import guest, netns, qemu
 from fleetboot.lab.fleet import FleetbootServer
 from fleetboot.lab.netns import Lab
 from fleetboot.lab.qemu import Vm, VmError
@@ -226,6 +226,12 @@ def _render(line: str) -> str:
             cells.append(ch)
         at += 1
     return "".join(cells).rstrip()
+
+
+def linux_lease(text: str) -> guest.Lease | None:
+    """The lease the guest's own udhcpc reported on the console (FLEETBOOT-LEASE)."""
+    marker = next((m for m in guest.parse_markers(text) if m.kind == "LEASE"), None)
+    return guest.Lease.from_marker(marker) if marker is not None else None
 
 
 def console(vm: Vm) -> str:

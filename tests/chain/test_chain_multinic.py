@@ -33,6 +33,7 @@ from chain_helpers import (
     console,
     describe,
     dhcp_macs,
+    linux_lease,
     node_doc,
     of,
     require_chain,
@@ -158,8 +159,8 @@ def test_every_run_boots_through_the_designated_nic(runs: list[Run]) -> None:
     booted = []
     for run in runs:
         assert run.error is None, run.explain()
-        lease = guest.Lease.from_marker(next(m for m in guest.parse_markers(run.console)
-                                             if m.kind == "LEASE"))
+        lease = linux_lease(run.console)
+        assert lease is not None, run.explain()
         # Linux configured the NIC iPXE booted from, and got the boot NIC's address.
         assert lease.mac == run.boot_mac, run.explain()
         boot_acks = of(run.events, "dhcp", "ACK", mac=run.boot_mac)

@@ -17,10 +17,12 @@ from fleetboot.boot.decision import decide
 from fleetboot.inventory import service
 from fleetboot.inventory.changes import current_revision
 from fleetboot.inventory.db import Database
-from fleetboot.inventory.models import BootAction, BootProfile, Node
+from fleetboot.inventory.models import BootAction, BootProfile, Node, ProfileKind
 from fleetboot.server.scripts import (
     Level,
     NodeBoot,
+    NodeRow,
+    ProfileRow,
     ScriptService,
     build_view,
     load_view,
@@ -72,10 +74,12 @@ def test_choose_matches_boot_decision(default: tuple[BootAction, int | None],
         pid = getattr(orm, f"{level}_profile_id")
         setattr(orm, f"{level}_profile", profiles.get(pid) if pid else None)
     expected = decide(orm)
-    rows = [(1, "p1", "kernel", "k", None, "", None), (2, "p2", "kernel", "k", None, "", None)]
-    node_row = (7, "n", "x86_64", default[0], default[1], *(temp or (None, None)),
-                *(nxt or (None, None)))
-    view = build_view(3, rows, [node_row], [("52:54:00:00:00:01", True, 7)])  # type: ignore[list-item]
+    kernel = ProfileKind.KERNEL
+    rows: list[ProfileRow] = [(1, "p1", kernel, "k", None, "", None),
+                              (2, "p2", kernel, "k", None, "", None)]
+    node_row: NodeRow = (7, "n", "x86_64", default[0], default[1],
+                         *(temp or (None, None)), *(nxt or (None, None)))
+    view = build_view(3, rows, [node_row], [("52:54:00:00:00:01", True, 7)])
     got = view.nics["52:54:00:00:00:01"].node.choose()
     assert (got.action, got.rule, got.one_shot) == (expected.action, expected.rule,
                                                     expected.one_shot)

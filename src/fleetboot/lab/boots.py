@@ -50,7 +50,7 @@ from fleetboot.lab.qemu import (
     start_vm,
 )
 from fleetboot.nodeconfig.states import NodeStatus, State
-from fleetboot.nodeconfig.timeline import read_states, read_timeline
+from fleetboot.nodeconfig.timeline import EventRecord, read_states, read_timeline
 
 LAB_SUBNET = "10.77.0"  # netns.Lab's default; every lab is its own namespace, so no clash
 POOL = (100, 250)
@@ -306,11 +306,12 @@ class FleetLab:
         utime, stime = (int(v) for v in fields.split()[11:13])
         return (utime + stime) / os.sysconf("SC_CLK_TCK")
 
-    def retransmissions(self) -> dict[str, int]:
-        """Per node: events of its latest boot marked as a retransmission (DHCP, TFTP)."""
+    def retransmissions(self) -> dict[str, list[str]]:
+        """Per node: what its latest boot sent again (``dhcp DISCOVER from iPXE``, ...)."""
         with self.db.session() as s:
             names = {i: n for i, n in s.execute(select(Node.id, Node.name))}
-            return {name: sum(1 for e in read_timeline(s, i) if e.detail.get("retransmit"))
+            return {name: [_retry_label(e) for e in read_timeline(s, i)
+                           if e.detail.get("retransmit")]
                     for i, name in names.items()}
 
     def boot(
@@ -476,6 +477,12 @@ class BootReport:
 
     def errors(self) -> str:
         return "\n".join(f"{p.machine.name}: {p.error}" for p in self.vms if p.error)
+
+
+def _retry_label(e: EventRecord) -> str:
+    d = e.detail
+    sender = "iPXE" if d.get("ipxe") else str(d.get("vendor_class") or "").split(":")[0]
+    return f"{e.source} {e.kind}" + (f" from {sender}" if sender else "")
 
 
 def _serial_tail(vm: Vm | None, lines: int = 6) -> str:
