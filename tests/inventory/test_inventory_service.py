@@ -94,3 +94,19 @@ def test_revision_moves_on_inventory_change(db: Database) -> None:
     before = db.revision()
     _setup(db)
     assert db.revision() > before
+
+
+def test_reimport_updates_nodes_in_place(db: Database) -> None:
+    _setup(db)
+    with db.session() as s:
+        node_id = service.get_node(s, "n1").id
+        text = yamlio.export_inventory(s)
+    edited = text.replace("52:54:00:00:00:01", "52:54:00:00:00:09")
+    with db.session() as s:
+        yamlio.import_inventory(s, edited)
+    with db.session() as s:
+        node = service.get_node(s, "n1")
+        assert node.id == node_id  # same row: per-node data hanging off it survives
+        assert sorted(i.mac for i in node.interfaces) == ["52:54:00:00:00:02",
+                                                           "52:54:00:00:00:09"]
+        assert node.boot_interface is not None and node.boot_interface.mac == MAC2

@@ -18,6 +18,8 @@ app = typer.Typer()
 @friendly_errors
 def serve(
     ctx: typer.Context,
+    config: str | None = typer.Option(
+        None, "--config", "-c", help="configuration file (same as the global --config)"),
     log_level: str = typer.Option("info", help="debug | info | warning | error"),
     ready_file: Path | None = typer.Option(
         None, help="write this file once every service listens (for scripts and tests)"),
@@ -32,6 +34,8 @@ def serve(
     # passes cost 30-40% of packet time at the default threshold.
     gc.set_threshold(50_000, 20, 100)
     cli = state(ctx)
+    if config is not None:
+        cli.config_path = config
     settings = cli.settings
     assembly = assemble(settings, cli.db)
     console.print(f"fleetboot serving {settings.server_address} "

@@ -131,16 +131,40 @@ def _import_subnet(session: Session, e: dict[str, Any]) -> None:
 
 
 def _import_node(session: Session, e: dict[str, Any]) -> None:
-    existing = session.query(Node).filter_by(name=e["name"]).one_or_none()
-    if existing is not None:
-        session.delete(existing)
-        session.flush()
+    """Create the node, or update it in place so its own data (configuration
+    sections, state, timeline) survives a re-import."""
     nics = [service.NicSpec(service.normalize_mac(i["mac"]), i.get("name", ""),
                             bool(i.get("boot"))) for i in e.get("interfaces", [])]
-    service.add_node(session, e["name"], nics, arch=e.get("arch", "x86_64"),
-                     attributes=e.get("attributes"))
+    existing = session.query(Node).filter_by(name=e["name"]).one_or_none()
+    if existing is None:
+        service.add_node(session, e["name"], nics, arch=e.get("arch", "x86_64"),
+                         attributes=e.get("attributes"))
+    else:
+        existing.arch = e.get("arch", "x86_64")
+        existing.attributes = dict(e.get("attributes") or {})
+        _sync_interfaces(session, existing, nics)
+    for level in service.LEVELS[1:]:  # levels absent from the file are cleared
+        service.set_boot(session, e["name"], level, None)
     for level, value in (e.get("boot") or {}).items():
         if value in {a.value for a in BootAction} and value != BootAction.PROFILE.value:
             service.set_boot(session, e["name"], level, BootAction(value))
         else:
             service.set_boot(session, e["name"], level, BootAction.PROFILE, profile=value)
+
+
+def _sync_interfaces(session: Session, node: Node, nics: list[service.NicSpec]) -> None:
+    wanted = {n.mac: n for n in nics}
+    for iface in list(node.interfaces):
+        if iface.mac not in wanted:
+            node.interfaces.remove(iface)
+    for iface in node.interfaces:
+        iface.is_boot = False
+    session.flush()  # the one-boot-NIC index must see the old flags cleared first
+    have = {i.mac for i in node.interfaces}
+    for nic in nics:
+        if nic.mac not in have:
+            service.add_interface(session, node.name, service.NicSpec(nic.mac, nic.name))
+    boot = next((n.mac for n in nics if n.boot), nics[0].mac if nics else None)
+    for iface in node.interfaces:
+        iface.name = wanted[iface.mac].name
+        iface.is_boot = iface.mac == boot

@@ -79,6 +79,8 @@ class Boot(NamedTuple):
 
 DropHook = Callable[[str, str], None]
 
+IPXE_NO_PXEDHCP = bytes((176, 1, 1))  # iPXE encapsulated sub-option 176, length 1, value 1
+
 
 class DhcpEngine:
     def __init__(self, settings: DhcpSettings, view: DhcpView, leases: LeaseTable | None = None,
@@ -276,8 +278,10 @@ class DhcpEngine:
         if ipxe and not vendor.startswith(o.HTTP_CLIENT):
             # iPXE must not be given iPXE again: hand it its per-node script instead.
             url = f"http://{http_host}:{s.http_port}{s.ipxe_script_path}".encode()
+            # iPXE option 175.176 (no-pxedhcp) = 1: no ProxyDHCP exists, so iPXE must not
+            # spend ~3 s waiting for one (that wait also shows up as a DISCOVER retransmit).
             return Boot(next_server, url if len(url) < 128 else b"",
-                        ((o.BOOTFILE_NAME, url),), "ipxe")
+                        ((o.BOOTFILE_NAME, url), (o.IPXE_ENCAP, IPXE_NO_PXEDHCP)), "ipxe")
         entry: ArchBoot | None = s.architectures.get(arch)
         if vendor.startswith(o.HTTP_CLIENT):
             if entry is None or not entry.http_file:
