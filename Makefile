@@ -37,8 +37,12 @@ demo: deps
 bench: deps
 	$(PY) bench/dhcp.py
 	$(PY) bench/tftp.py
+	$(PY) bench/httpboot.py
 	$(PY) bench/config.py
 	$(PY) bench/storm.py
+	$(PY) bench/storm_qemu.py
+	$(PY) bench/vm_hotplug.py
+	$(PY) bench/claims.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
