@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 python-deps: $(STAMP)
 
 test: deps
-	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadgroup --timeout 600
+	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadfile --timeout 900
 
 test-fast: python-deps
 	FLEETBOOT_SKIP_PG=1 $(VENV)/bin/pytest -m "not qemu and not slow" -x -q

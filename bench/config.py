@@ -342,7 +342,8 @@ class Bench:
         a = self.args
         env = {**os.environ, "FB_TOKENS": str(self.tmp / "tokens.txt"), "FB_NODES": str(a.nodes),
                "FB_THREADS": str(a.threads), "FB_PER_CONN": str(a.per_conn),
-               "FB_DST_PREFIX": DST_PREFIX, "FB_DST_FIRST": str(DST_FIRST), "FB_PORT": str(port)}
+               "FB_DST_PREFIX": DST_PREFIX, "FB_DST_FIRST": str(DST_FIRST), "FB_PORT": str(port),
+               "FB_WITHOUT_TOKEN": "1" if a.without_token else "0"}
         self.reset_nat()
         argv = self.lab.client.exec_argv([
             "taskset", "-c", "1", "wrk", "-t", str(a.threads), "-c", str(a.threads),
@@ -425,7 +426,8 @@ def report(args: argparse.Namespace, runs: list[Run], stats: dict[str, Any]) -> 
     errors = sum(sum(r.errors.values()) for r in runs)
     print(f"\n{args.nodes} nodes, {args.threads} connections (one node each, "
           f"{args.per_conn} requests, then the next node), {args.rounds} alternating round(s) "
-          f"of {args.duration:.0f} s, loop {args.loop}, {args.path} path; medians of rounds")
+          f"of {args.duration:.0f} s, loop {args.loop}, {args.path} path"
+          f"{', no token' if args.without_token else ''}; medians of rounds")
     fb_cpu, ng_cpu = median("fleetboot", "cpu_us"), median("nginx", "cpu_us")
     print(f"fleetboot {fb:.0f} req/s (p99 {p99:.2f} ms, worst round {worst:.2f} ms), "
           f"nginx {ng:.0f} req/s (p99 {ng_p99:.2f} ms): fleetboot/nginx = {fb / ng:.0%}")
@@ -454,6 +456,10 @@ def main() -> None:
                         help="the server's event loop (uvloop: what `fleetboot serve` runs)")
     parser.add_argument("--path", choices=("raw", "asgi"), default="raw",
                         help="raw: the uvicorn protocol fast path; asgi: the ASGI middleware")
+    parser.add_argument("--without-token", action="store_true",
+                        help="send no token: nodes known by address alone (the public "
+                             "document); for --per-conn 1, where conntrack cannot keep the "
+                             "token pairing exact at thousands of new connections a second")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--db", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)

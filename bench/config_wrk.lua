@@ -12,7 +12,8 @@
 --
 -- Settings come from the environment (setup() runs before wrk hands over arguments):
 -- FB_TOKENS (file, one token per node), FB_NODES, FB_THREADS, FB_PER_CONN,
--- FB_DST_PREFIX + FB_DST_FIRST (thread j connects to prefix..(first+j)), FB_PORT.
+-- FB_DST_PREFIX + FB_DST_FIRST (thread j connects to prefix..(first+j)), FB_PORT,
+-- FB_WITHOUT_TOKEN=1 (no token: the node is known by its address alone, public variant).
 
 local counter = 0
 
@@ -31,13 +32,17 @@ function init(args)
    nodes = tonumber(os.getenv("FB_NODES"))
    threads = tonumber(os.getenv("FB_THREADS"))
    per_conn = tonumber(os.getenv("FB_PER_CONN"))
+   without_token = os.getenv("FB_WITHOUT_TOKEN") == "1" -- address identity only
    mine = math.floor((nodes - 1 - tid) / threads) + 1 -- this thread's share of the fleet
    conn, sent = 0, 0
    keep, close = {}, {}
 end
 
 local function build(i, last)
-   local headers = { ["Host"] = "fleetboot", ["X-Fleetboot-Token"] = tokens[i + 1] }
+   local headers = { ["Host"] = "fleetboot" }
+   if not without_token then
+      headers["X-Fleetboot-Token"] = tokens[i + 1]
+   end
    if last then
       headers["Connection"] = "close"
    end

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import re
+import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from fleetboot.inventory import service
 from fleetboot.inventory.db import Database
 from fleetboot.inventory.models import BootAction
 from fleetboot.nodeconfig.service import NodeConfigService, NodeConfigSettings
+from fleetboot.server import httpfiles
 from fleetboot.server.admission import (
     AdmissionLimits,
     BootAdmission,
@@ -28,7 +31,7 @@ from fleetboot.server.admission import (
 from fleetboot.server.assemble import node_status_probe
 from fleetboot.server.directory import StaticDirectory
 from fleetboot.server.events import BootEvent
-from fleetboot.server.http import create_app
+from fleetboot.server.http import HttpService, create_app
 from fleetboot.server.metrics import registry
 
 C_MAC, C_IP = "52:54:00:00:0d:01", "10.9.0.31"
@@ -301,4 +304,37 @@ async def test_large_files_wait_for_a_transfer_slot(rig: Rig) -> None:
 def test_defaults_are_valid(make_boot: Callable[..., Boot]) -> None:
     boot = make_boot()
     ctx = boot.app.state.fleetboot
-    assert not ctx.scripts.admission.limited and ctx.gate.limits.max_transfers == 0
+    assert not ctx.scripts.admission.limited and ctx.gate.limits.max_transfers == 32
+
+
+async def test_stalled_stream_frees_its_slot(sqlite_db: Database, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without sendfile too: a client that stops reading is given up, slot freed."""
+    monkeypatch.setattr(httpfiles, "STALL_TIMEOUT_S", 0.5)
+    boot = build_boot(sqlite_db, tmp_path)
+    (boot.root / "big.bin").write_bytes(os.urandom(24 << 20))
+    gate = boot.app.state.fleetboot.gate
+    service = HttpService(boot.app, "127.0.0.1", 0, zero_copy=False)
+    await service.start()
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await loop.sock_connect(sock, ("127.0.0.1", service.port))
+        await loop.sock_sendall(sock, b"GET /boot/files/big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        for _ in range(40):
+            await asyncio.sleep(0.05)
+            if gate.counters["active"]:
+                break
+        assert gate.counters["active"] == 1
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if not gate.counters["active"]:
+                break
+        assert gate.counters["active"] == 0
+        event = boot.kinds("file")[-1]
+        assert not event.detail["complete"] and event.detail["bytes"] < 24 << 20
+    finally:
+        sock.close()
+        await service.stop()

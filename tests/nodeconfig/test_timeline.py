@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from nodeconfig_helpers import make_fleet
 from sqlalchemy import func, select
 
@@ -136,3 +138,28 @@ def test_section_writes_bump_the_inventory_revision(db: Database) -> None:
     with db.session() as s:
         store.set_section(s, "a", "mounts", [])
     assert db.revision() > before
+
+
+async def test_odd_event_details_are_stored_not_fatal(db: Database) -> None:
+    from fleetboot.nodeconfig.service import NodeConfigService
+    from fleetboot.server.events import BootEvent
+
+    fleet = make_fleet(db)
+    a = fleet["a"]
+    service = NodeConfigService(db, fleet.directory())
+    await service.start()
+    try:
+        now, pxe = time.time(), "PXEClient:Arch:00000:UNDI:002001"
+        service.sink(BootEvent(now, "dhcp", "DISCOVER", a.mac, None,
+                               {"vendor_class": pxe, "raw": b"\x01\x02", "nan": float("nan"),
+                                "obj": object()}))
+        service.sink(BootEvent(now, "dhcp", "DISCOVER", a.mac, None, None))  # type: ignore[arg-type]
+        service.sink(BootEvent(now + 1, "tftp", "done", a.mac, None, {"file": "x"}))
+        await service.settle()
+        assert service.counters["events_failed"] == 1 and service.writer.failures == 0
+        with db.session() as s:
+            events = read_timeline(s, a.id)
+        assert [e.kind for e in events] == ["DISCOVER", "done"]
+        assert events[0].detail["raw"] == "b'\\x01\\x02'" and events[0].detail["nan"] is None
+    finally:
+        await service.stop()

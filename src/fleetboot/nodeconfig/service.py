@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import logging
 import threading
 import time
@@ -56,6 +57,17 @@ from fleetboot.server.events import BootEvent
 log = logging.getLogger("fleetboot.nodeconfig")
 
 CLIENT_PATH = "/v1/self/client.sh"
+
+
+def json_safe(detail: Mapping[str, Any]) -> dict[str, Any]:
+    """The detail as JSON can store it: producers may put bytes or objects in there."""
+    try:
+        json.dumps(detail, allow_nan=False)
+        return dict(detail)
+    except (TypeError, ValueError):
+        # bytes and objects as text; NaN and infinities (no JSON for them) as null
+        text = json.dumps(detail, default=str)
+        return dict(json.loads(text, parse_constant=lambda _: None))
 
 
 class _HasId(Protocol):
@@ -155,8 +167,17 @@ class NodeConfigService:
             if not self._dirty:
                 return  # a reload that started after our request has just finished
             self._dirty = False
-            self._revision = await asyncio.to_thread(self.db.revision)
-            view = await asyncio.to_thread(self.documents.reload)
+            first = not self.view.by_id
+            try:
+                self._revision = await asyncio.to_thread(self.db.revision)
+                view = await asyncio.to_thread(self.documents.reload)
+            except Exception as exc:
+                if first:
+                    raise
+                # Nodes keep getting the documents they had; the next revision retries.
+                log.error("re-rendering node documents failed, keeping the current ones: %s",
+                          exc)
+                return
         alive = set(view.by_id)
         with self._token_lock:
             self.tokens.forget_nodes(alive)
@@ -203,7 +224,12 @@ class NodeConfigService:
     def process_pending(self) -> None:
         batch, self._pending = self._pending, []
         for node_id, event in batch:
-            self._apply(node_id, event)
+            try:
+                self._apply(node_id, event)
+            except Exception:  # a malformed event is counted, the rest still count
+                self.counters["events_failed"] += 1
+                if self.counters["events_failed"] == 1:
+                    log.exception("a boot event could not be applied: %r", event)
         now = self.clock()
         if now - self._last_timeouts >= 1.0:
             self._last_timeouts = now
@@ -239,7 +265,7 @@ class NodeConfigService:
         self.counters[f"events_{event.source}"] += 1
         self.writer.event(EventRecord(node_id, new.boot, event.at, next(self._seq), event.source,
                                       event.kind, event.mac, event.address, new.state.value,
-                                      dict(event.detail)))
+                                      json_safe(event.detail)))
 
     def check_timeouts(self, now: float) -> list[int]:
         """Flag nodes past their state's timeout; returns the newly flagged node ids."""

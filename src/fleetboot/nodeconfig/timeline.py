@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, delete, func, insert, select, update
-from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from fleetboot.inventory.db import Database
@@ -153,7 +152,7 @@ class BatchWriter:
                 return
             try:
                 await asyncio.to_thread(self._write, batch)
-            except (OperationalError, IntegrityError, OSError) as exc:
+            except Exception as exc:  # the database is down, or a record is unwritable
                 # Keep serving: these records are lost, not the boots.
                 self.failures += 1
                 log.warning("writing %d timeline events failed: %s", len(batch.events), exc)

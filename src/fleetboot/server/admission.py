@@ -197,7 +197,7 @@ class GateBusy(Exception):
 
 @dataclass(frozen=True)
 class TransferLimits:
-    max_transfers: int = 0  # 0: no limit (transfers are still counted)
+    max_transfers: int = 32  # 0: no limit (transfers are still counted)
     large_file_bytes: int = 1 << 20
     max_queued: int = 4096
     queue_timeout_s: float = 25.0

@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 ZEROCOPY = "http.response.zerocopysend"
 STREAM_CHUNK = 1 << 20  # matches the chunk cache, so each piece is one cached chunk
+STALL_TIMEOUT_S = 60.0  # a transfer without progress this long is given up
 
 _RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
 
@@ -274,7 +275,15 @@ class BootFileResponse(Response):
                 piece = reader.view(offset, length)
             if piece is None or len(piece) != length:
                 raise OSError(f"{self.file.name}: could not read {length} bytes at {offset}")
-            await send({"type": "http.response.body", "body": piece, "more_body": True})
+            # A client that takes nothing for a minute has gone (powered off mid-boot):
+            # give up, so it does not hold a transfer slot for ever (uvicorn then
+            # closes the connection of the unfinished response).
+            try:
+                await asyncio.wait_for(send({"type": "http.response.body", "body": piece,
+                                             "more_body": True}), STALL_TIMEOUT_S)
+            except TimeoutError:
+                progress.disconnected = True
+                return
             progress.sent += length
             offset += length
         await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -423,7 +432,7 @@ class SendfilePump:
     it), and the headers are flushed before the first byte.
     """
 
-    def __init__(self, idle_timeout_s: float = 60.0) -> None:
+    def __init__(self, idle_timeout_s: float = STALL_TIMEOUT_S) -> None:
         self.idle_timeout_s = idle_timeout_s
         self._lock = threading.Lock()
         self._jobs: dict[int, _Job] = {}

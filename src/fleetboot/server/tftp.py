@@ -216,6 +216,19 @@ class _Session:
         if len(packet) >= 4 and packet[1] == 4 and packet[0] == 0:  # ACK, inlined ack_block()
             window = self._on_ack((packet[2] << 8) | packet[3], self._now())
             if window is not None:  # (a window means the transfer goes on)
+                block = window[0]
+                if block == window[1] and self._pending is None:
+                    # Lock-step: one block, sent from here without the general loop.
+                    offset = (block - 1) * self.blksize
+                    if offset < self._prefetch_at:
+                        length = self.size - offset
+                        data = self._view(offset, length if length < self.blksize else self.blksize)
+                        if data is not None:
+                            try:
+                                self._send(_HEADERS[block & 0xFFFF] + data)
+                                return
+                            except OSError:
+                                pass  # the general path below deals with it
                 self.send_window(window)
                 return
         else:
