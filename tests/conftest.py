@@ -7,9 +7,17 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from fleetboot.inventory.db import Database
 from fleetboot.lab import netns, postgres
+
+# CI shares 2 cores with QEMU guests: data generation may be slow, which says
+# nothing about the code under test. Timing lives in bench/, not in tests.
+settings.register_profile(
+    "fleetboot", deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile("fleetboot")
 
 
 @pytest.fixture(scope="session")

@@ -234,19 +234,24 @@ class BootFileResponse(Response):
         zero_copy = (self.zero_copy and isinstance(self.file, DiskBootFile)
                      and ZEROCOPY in scope.get("extensions", {}))
         progress = _Progress()
+        if zero_copy:
+            # sendfile itself notices a vanished client (EPIPE, or the idle timeout):
+            # no disconnect watcher, which would cost a task per response.
+            await self._send_zero_copy(send, rng, progress)
+            self._report(Transfer(status, self.file.size, rng.length,
+                                  rng.length if progress.finished else None,
+                                  progress.finished and not progress.disconnected,
+                                  time.monotonic() - self.started, rng, True))
+            return
         async with anyio.create_task_group() as group:
             group.start_soon(_watch_disconnect, receive, progress, group.cancel_scope)
             try:
-                if zero_copy:
-                    await self._send_zero_copy(send, rng, progress)
-                else:
-                    await self._send_stream(send, rng, progress)
+                await self._send_stream(send, rng, progress)
             finally:
                 group.cancel_scope.cancel()
-        complete = progress.finished and not progress.disconnected
-        self._report(Transfer(status, self.file.size, rng.length,
-                              progress.sent if complete or not zero_copy else None, complete,
-                              time.monotonic() - self.started, rng, zero_copy))
+        self._report(Transfer(status, self.file.size, rng.length, progress.sent,
+                              progress.finished and not progress.disconnected,
+                              time.monotonic() - self.started, rng, False))
 
     async def _send_zero_copy(self, send: Send, rng: ByteRange, progress: _Progress) -> None:
         assert isinstance(self.file, DiskBootFile)
@@ -421,11 +426,10 @@ class SendfilePump:
     """sendfile(2) from the page cache to sockets, for loops that lack ``loop.sendfile``.
 
     uvloop streams response bodies through Python: every byte is copied into
-    the process and out again, on the event loop. Here the loop makes one
-    non-blocking ``os.sendfile`` call (it usually moves a socket buffer's
-    worth), and when the socket is full the transfer moves to one helper
-    thread that waits for writability with its own epoll and calls sendfile
-    again (the GIL is released during the syscall). The connection's socket is
+    the process and out again, on the event loop. Here one helper thread
+    waits for the sockets' writability with its own epoll and calls
+    non-blocking ``os.sendfile`` (the GIL is released during the syscall);
+    the loop only registers the transfer and awaits its end. The connection's socket is
     used through a ``dup`` of its descriptor, closed when the transfer ends, so
     a connection closed meanwhile can never have its descriptor number reused
     under us. The HTTP layer writes nothing while a transfer runs (it awaits
@@ -438,22 +442,19 @@ class SendfilePump:
         self._jobs: dict[int, _Job] = {}
         self._epoll: Any = None
         self._thread: threading.Thread | None = None
-        self.handoffs = 0  # transfers that needed the helper thread
+        self.handoffs = 0  # transfers handed to the helper thread
 
     async def send(self, transport: Any, in_fd: int, offset: int, count: int) -> None:
         loop = asyncio.get_running_loop()
         await _flushed(transport, self.idle_timeout_s)
-        out_fd = os.dup(transport.get_extra_info("socket").fileno())
         try:
-            sent = _send_some(out_fd, in_fd, offset, count)
+            out_fd = os.dup(transport.get_extra_info("socket").fileno())
         except OSError as exc:
-            os.close(out_fd)
-            raise ConnectionError(f"sendfile failed: {exc}") from exc
-        if sent == count:
-            os.close(out_fd)
-            return
-        job = _Job(out_fd, in_fd, offset + sent, count - sent, loop.create_future(), loop,
-                   time.monotonic())
+            raise ConnectionError(f"the connection is gone: {exc}") from exc
+        # Every sendfile call runs on the helper thread, even the first: on a veth or
+        # loopback link the syscall also runs the receiver's network stack, which is
+        # time the event loop should spend on other requests.
+        job = _Job(out_fd, in_fd, offset, count, loop.create_future(), loop, time.monotonic())
         self._start(job)
         try:
             await job.future
