@@ -445,7 +445,7 @@ def report(args: argparse.Namespace, runs: list[Run], stats: dict[str, Any]) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", type=int, default=10_000)
-    parser.add_argument("--threads", type=int, default=8,
+    parser.add_argument("--threads", type=int, default=16,
                         help="wrk threads = connections = nodes connected at once")
     parser.add_argument("--per-conn", type=int, default=100,
                         help="requests per connection before the next node connects")

@@ -89,7 +89,8 @@ class Served:
 
 @contextmanager
 def serve(db: Database, directory: StaticDirectory, settings: NodeConfigSettings | None = None,
-          admin_token: str | None = "admin-secret", fast: bool = True) -> Iterator[Served]:
+          admin_token: str | None = "admin-secret", fast: bool = True,
+          keep_alive_s: int = 5) -> Iterator[Served]:
     """The service behind a real uvicorn on 127.0.0.1 (port chosen by the kernel), in a thread."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -104,7 +105,7 @@ def serve(db: Database, directory: StaticDirectory, settings: NodeConfigSettings
         config = uvicorn.Config(
             service.asgi_app(), http=service.http_protocol() if fast else "httptools",
             loop="asyncio", log_level="warning", access_log=False, proxy_headers=False,
-            lifespan="off")
+            lifespan="off", timeout_keep_alive=keep_alive_s)
         server = uvicorn.Server(config)
         state["server"], state["loop"] = server, asyncio.get_running_loop()
         task = asyncio.create_task(server.serve(sockets=[sock]))

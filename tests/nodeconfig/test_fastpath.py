@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 
 import httpx
 import pytest
@@ -93,3 +94,26 @@ def test_other_requests_still_reach_the_app(served: Served) -> None:
         assert c.get("/nothing").status_code == 404
     garbage = _raw(served, b"GET /v1/self/config HTTP/1.1\r\nBad Header\r\n\r\n")
     assert garbage.startswith(b"HTTP/1.1 400")
+
+
+def test_idle_connections_are_closed_busy_ones_kept(sqlite_db: Database) -> None:
+    """One idle timer per connection does uvicorn's keep-alive job on the fast path."""
+    fleet = make_fleet(sqlite_db)
+    with serve(sqlite_db, fleet.directory(), keep_alive_s=1) as served:
+        port = int(served.base_url.rsplit(":", 1)[1])
+        request = b"GET /v1/self/config/hostname HTTP/1.1\r\nHost: x\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", port),
+                                      source_address=(fleet["a"].address, 0)) as busy, \
+                socket.create_connection(("127.0.0.1", port),
+                                         source_address=(fleet["a"].address, 0)) as idle:
+            busy.settimeout(5)
+            idle.settimeout(5)
+            idle.sendall(request)
+            assert idle.recv(65536).startswith(b"HTTP/1.1 200")
+            for _ in range(8):  # 2 s of requests every 0.25 s: never idle for 1 s
+                busy.sendall(request)
+                assert busy.recv(65536).startswith(b"HTTP/1.1 200")
+                time.sleep(0.25)
+            assert idle.recv(65536) == b""  # closed by the server after 1 s idle
+            busy.sendall(request)
+            assert busy.recv(65536).startswith(b"HTTP/1.1 200")

@@ -27,8 +27,9 @@ from fleetboot.nodeconfig.responder import CONFIG_PATH, ConfigResponder
 
 log = logging.getLogger("fleetboot.nodeconfig.fastpath")
 
-_REQUIRED = ("on_headers_complete", "on_response_complete", "on_url", "on_header",
-             "connection_made", "shutdown")
+_REQUIRED = ("on_message_begin", "on_headers_complete", "on_response_complete", "on_url",
+             "on_header", "connection_made", "connection_lost", "shutdown",
+             "_unset_keepalive_if_required")
 
 
 class _NoEvent:
@@ -74,11 +75,23 @@ def uvicorn_protocol(responder: ConfigResponder) -> type[asyncio.Protocol] | str
                 cls._defaults_of = current
             return cls._defaults
 
+        def on_message_begin(self) -> None:
+            # uvicorn builds a whole ASGI scope here; the fast path needs none, so it is
+            # built only for requests that go on to the application.
+            self.url = b""
+            self.expect_100_continue = False
+            self.headers = []
+            self.scope = None  # type: ignore[assignment]
+
         def on_headers_complete(self) -> None:
             if (self.url.startswith(CONFIG_PATH)
                     and (self.cycle is None or self.cycle.response_complete)
                     and self._fleetboot_answer()):
                 return
+            url, headers, expect = self.url, self.headers, self.expect_100_continue
+            super().on_message_begin()  # the scope, as uvicorn would have built it
+            self.url, self.headers, self.expect_100_continue = url, headers, expect
+            self.scope["headers"] = headers
             super().on_headers_complete()
 
         def _fleetboot_answer(self) -> bool:
@@ -101,8 +114,44 @@ def uvicorn_protocol(responder: ConfigResponder) -> type[asyncio.Protocol] | str
             self.transport.write(b"".join(out))
             if not keep_alive:
                 self.transport.close()
-            self.on_response_complete()
+            self._fleetboot_done()
             return True
+
+        # uvicorn arms a new keep-alive timer after every response and cancels it when the
+        # next request arrives; for answers this cheap that costs more than the answer.
+        # One idle timer per connection does the same job: it closes a connection idle
+        # for timeout_keep_alive since its last fast answer.
+        _fb_timer: asyncio.TimerHandle | None = None
+        _fb_last: float = 0.0
+
+        def _fleetboot_done(self) -> None:
+            """uvicorn's on_response_complete, with the idle timer instead."""
+            self.server_state.total_requests += 1
+            if self.transport.is_closing():
+                return
+            self.flow.resume_reading()
+            self._fb_last = self.loop.time()
+            if self._fb_timer is None:
+                self._fb_timer = self.loop.call_later(self.timeout_keep_alive,
+                                                      self._fleetboot_idle)
+
+        def _fleetboot_idle(self) -> None:
+            self._fb_timer = None
+            if self.transport.is_closing() or not (self.cycle is None
+                                                   or self.cycle.response_complete):
+                return  # closed, or the application is answering: uvicorn's timer follows
+            idle = self.loop.time() - self._fb_last
+            if idle >= self.timeout_keep_alive:
+                self.transport.close()
+            else:
+                self._fb_timer = self.loop.call_later(self.timeout_keep_alive - idle,
+                                                      self._fleetboot_idle)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._fb_timer is not None:
+                self._fb_timer.cancel()
+                self._fb_timer = None
+            super().connection_lost(exc)
 
     return FleetbootHttpToolsProtocol
 

@@ -256,6 +256,8 @@ class NodeDocuments:
     public_raw: Mapping[str, bytes]  # the public document's (no secret sections)
     _alone: dict[tuple[str, bool], Rendered] = field(default_factory=dict, compare=False,
                                                      repr=False)
+    # Prepared HTTP replies, keyed by the server (section, trusted, status): built once.
+    replies: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def section(self, name: str, trusted: bool) -> Rendered | None:
         """One section alone (``/v1/self/config/<name>``); None if absent from the variant.

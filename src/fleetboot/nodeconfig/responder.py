@@ -48,7 +48,7 @@ _STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, text) for code, text in _S
 class Reply:
     """A prepared answer, in both forms a server needs: raw header bytes and ASGI pairs."""
 
-    __slots__ = ("asgi", "body", "etag", "head", "status")
+    __slots__ = ("asgi", "body", "etag", "etag_b", "head", "status")
 
     def __init__(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes,
                  etag: str = "") -> None:
@@ -58,6 +58,7 @@ class Reply:
         self.head = b"".join(b"%s: %s\r\n" % kv for kv in headers)
         self.body = body
         self.etag = etag
+        self.etag_b = etag.encode()  # for the If-None-Match substring test
 
     def status_line(self) -> bytes:
         return _STATUS_LINES.get(self.status) or (b"HTTP/1.1 %d \r\n" % self.status)
@@ -83,7 +84,7 @@ def ok_reply(doc: Rendered) -> Reply:
                  doc.etag)
 
 
-def not_modified_reply(doc: Rendered) -> Reply:
+def not_modified_reply(doc: Rendered | Reply) -> Reply:
     return Reply(304, _headers(b"application/json", None, doc.etag), b"", doc.etag)
 
 
@@ -122,8 +123,6 @@ class ConfigResponder:
         self.fetch_event_interval_s = fetch_event_interval_s
         self.fetches = 0  # answered with 200 or 304
         self.denied = {"proxy": 0, "lease": 0, "node": 0, "token": 0, "section": 0}
-        self._replies: dict[tuple[int, str], Reply] = {}
-        self._replies_view: object = None
         self._seen: dict[int, list[Any]] = {}  # node id -> [last event at, status, repeats]
         self._proxy = error_reply(403, "requests through a proxy are refused: Fleetboot "
                                   "identifies a node by its own address (X-Forwarded-For, "
@@ -199,14 +198,19 @@ class ConfigResponder:
         docs, trusted, inm = self.resolve(client, headers)
         if isinstance(docs, Reply):
             return docs
-        if section:
-            doc = self._section_doc(docs, trusted, section)
-            if isinstance(doc, Reply):
-                return doc
-        else:
-            doc = docs.full if trusted else docs.public
-        fresh = inm is not None and (inm == b"*" or doc.etag.encode() in inm)
-        reply = self._prepared(doc, 304 if fresh else 200)
+        # Prepared replies live with the node's documents (which outlive unchanged reloads).
+        reply = docs.replies.get((section, trusted))
+        if reply is None:
+            if section:
+                doc = self._section_doc(docs, trusted, section)
+                if isinstance(doc, Reply):
+                    return doc
+            else:
+                doc = docs.full if trusted else docs.public
+            reply = docs.replies[(section, trusted)] = ok_reply(doc)
+        if inm is not None and (inm == b"*" or reply.etag_b in inm):
+            reply = docs.replies.get((section, trusted, 304)) or docs.replies.setdefault(
+                (section, trusted, 304), not_modified_reply(reply))
         self._count(docs, client, reply, section)
         return reply
 
@@ -245,17 +249,6 @@ class ConfigResponder:
                                "token (X-Fleetboot-Token) to read it")
         return doc
 
-    def _prepared(self, doc: Rendered, status: int) -> Reply:
-        # Replies are cached per ETag; the cache restarts with every new view.
-        view = self.documents.view
-        if self._replies_view is not view:
-            self._replies, self._replies_view = {}, view
-        key = (status, doc.etag)
-        reply = self._replies.get(key)
-        if reply is None:
-            reply = ok_reply(doc) if status == 200 else not_modified_reply(doc)
-            self._replies[key] = reply
-        return reply
 
 
 def unknown_section_reply(section: str) -> Reply:

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from fleetboot.inventory.db import Database
@@ -78,6 +78,12 @@ def _state_row(node_id: int, st: NodeStatus) -> dict[str, Any]:
 def _token_row(rec: TokenRecord) -> dict[str, Any]:
     return {"node_id": rec.node_id, "token_hash": rec.hash, "mac": rec.mac,
             "address": rec.address, "issued_at": rec.issued_at, "expires_at": rec.expires_at}
+
+
+_UPDATE_STATE = (
+    update(NodeStateRow).where(NodeStateRow.node_id == bindparam("b_node_id"))
+    .values({c: bindparam(c) for c in ("state", "since", "boot", "boot_started", "last_boot_s",
+                                       "address", "stuck", "message")}))
 
 
 class BatchWriter:
@@ -197,10 +203,9 @@ class BatchWriter:
         fresh = [r for r in rows if r["node_id"] not in have]
         if fresh:
             conn.execute(insert(NodeStateRow), fresh)
-        for r in rows:
-            if r["node_id"] in have:
-                conn.execute(update(NodeStateRow).where(NodeStateRow.node_id == r["node_id"])
-                             .values(**{k: v for k, v in r.items() if k != "node_id"}))
+        known = [{**r, "b_node_id": r["node_id"]} for r in rows if r["node_id"] in have]
+        if known:  # one statement, many parameter sets: a storm's states in one round trip
+            conn.execute(_UPDATE_STATE, known)
 
     def _write_tokens(self, conn: Connection, changes: list[TokenChanges],
                       expired: list[str]) -> None:
