@@ -10,6 +10,7 @@ byte-identical files. See docs/benchmarks.md ("Boot storm").
     python bench/storm.py                       # n=1000 at once, 4 MiB kernel + 4 MiB initrd
     python bench/storm.py --nodes 300 --window 10
     python bench/storm.py --also 100,300        # smaller storms first, for the scaling table
+    python bench/storm.py --set admission.max_booting=0   # Fleetboot without admission control
 
 Prints a table per stack and ends with
 ``RESULT storm n=<N> fleetboot_s=<x> fleetboot_failed=<n> fleetboot_retries=<n>
@@ -24,6 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import yaml
 from rich.console import Console
 
 from fleetboot.storm.plan import STACKS, KiB, MiB, Payload, StackKind, make_plan
@@ -32,6 +34,17 @@ from fleetboot.storm.runner import run_storm
 from fleetboot.storm.stats import result_line
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def parse_settings(pairs: list[str]) -> dict[str, object]:
+    """``["admission.max_booting=300"]`` -> ``{"admission.max_booting": 300}``."""
+    settings: dict[str, object] = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"--set {pair!r}: write KEY=VALUE, e.g. admission.max_booting=300")
+        settings[key.strip()] = yaml.safe_load(value)
+    return settings
 
 
 def main() -> int:
@@ -48,6 +61,8 @@ def main() -> int:
     parser.add_argument("--picture", type=Path, default=ROOT / "docs" / "img" / "storm.png")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a Fleetboot setting (YAML value), e.g. admission.max_booting=300")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench/storm.py creates network namespaces: run it as root", file=sys.stderr)
@@ -55,6 +70,10 @@ def main() -> int:
     kinds: tuple[StackKind, ...] = tuple(k for k in STACKS if k in args.stacks.split(","))
     payload = Payload(bootfile=int(args.bootfile_kib * KiB), kernel=int(args.kernel_mib * MiB),
                       initrd=int(args.initrd_mib * MiB))
+    try:
+        settings = parse_settings(args.set)
+    except ValueError as exc:
+        parser.error(str(exc))
     console = Console(width=110)
     sizes = [int(x) for x in args.also.split(",") if x.strip()] + [args.nodes]
     lines = []
@@ -64,7 +83,7 @@ def main() -> int:
             plan = make_plan(n, args.window, args.seed, payload=payload)
             console.rule(f"storm n={n} window={args.window:g} s, kernel {args.kernel_mib:g} MiB, "
                          f"initrd {args.initrd_mib:g} MiB")
-            runs = run_storm(plan, kinds, workdir, args.progress)
+            runs = run_storm(plan, kinds, workdir, args.progress, settings)
             lines.append(print_report(runs, console))
             if n == args.nodes and args.picture:
                 draw(runs, args.picture)

@@ -184,6 +184,9 @@ def test_variables_relative_urls_chain_and_local_boot() -> None:
     assert ipxe.parse("#!ipxe\nchain --autofree next.ipxe\n", "http://s/a/b", {}).chain == \
         "http://s/a/next.ipxe"
     assert ipxe.parse("#!ipxe\nsanboot --drive 0x80\n", "http://s/", {}).local == "sanboot"
+    waiting = ipxe.parse("#!ipxe\n:wait\necho later\nsleep 3\nchain --replace --autofree "
+                         "script.ipxe || goto wait\n", "http://s/boot/script.ipxe", {})
+    assert waiting.chain == "http://s/boot/script.ipxe" and waiting.sleep_s == 3.0
     with pytest.raises(ipxe.ScriptError):
         ipxe.parse("kernel x\n", "http://s/", {})
     with pytest.raises(ipxe.ScriptError):

@@ -53,6 +53,7 @@ class FleetbootStack:
     workdir: Path
     kind: str = "fleetboot"
     http_port: int = 8080
+    overrides: dict[str, Any] = field(default_factory=dict)  # dotted keys: admission.max_booting
     _proc: subprocess.Popen[bytes] | None = None
     _net: StormNet | None = None
     _env: dict[str, str] = field(default_factory=dict)
@@ -99,6 +100,16 @@ class FleetbootStack:
         link_file(self.files.initrd, root / INITRD)
 
     def settings(self, net: StormNet) -> dict[str, Any]:
+        settings = self._base_settings(net)
+        for dotted, value in self.overrides.items():
+            *parents, leaf = dotted.split(".")
+            section = settings
+            for key in parents:
+                section = section.setdefault(key, {})
+            section[leaf] = value
+        return settings
+
+    def _base_settings(self, net: StormNet) -> dict[str, Any]:
         nw = self.plan.network
         return {
             "server_address": nw.server_ip,

@@ -2,11 +2,12 @@
 
 Only the commands a boot script needs are understood: ``kernel``/``chain``
 with a URL and arguments, ``initrd``/``module``/``imgfetch``, ``imgargs``,
-``set``, ``boot``, and the ways to give up on a network boot (``exit``,
-``sanboot``). Everything else (``echo``, ``sleep``, ``dhcp``, labels) is
-ignored. Variables such as ``${mac}`` or ``${net0/ip}`` are expanded from the
-node's settings, URLs relative to the script's own URL are resolved like iPXE
-does, and ``cmd || fallback`` runs ``cmd`` only.
+``set``, ``boot``, ``sleep`` (before a ``chain``: a WAIT script asks again
+later), and the ways to give up on a network boot (``exit``, ``sanboot``).
+Everything else (``echo``, ``dhcp``, labels) is ignored. Variables such as
+``${mac}`` or ``${net0/ip}`` are expanded from the node's settings, URLs
+relative to the script's own URL are resolved like iPXE does, and
+``cmd || fallback`` runs ``cmd`` only.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class BootScript:
     initrds: list[str] = field(default_factory=list)  # absolute URLs, in order
     chain: str | None = None  # another script to fetch and run instead
     local: str | None = None  # the command that ends the network boot (exit, sanboot, ...)
+    sleep_s: float = 0.0  # seconds iPXE sleeps before it follows ``chain``
 
     def param(self, key: str) -> str | None:
         """The value of ``key=value`` on the kernel command line (last one wins)."""
@@ -116,6 +118,8 @@ def parse(text: str, base_url: str, variables: dict[str, str]) -> BootScript:
             env[args[0]] = " ".join(args[1:])
         elif command in _IMAGE_COMMANDS:
             _image(script, command, _strip_flags(args), base_url)
+        elif command == "sleep":
+            script.sleep_s += _seconds(args)
         elif command == "imgargs" and len(args) >= 1:
             script.cmdline = " ".join(args[1:])
         elif command in _LOCAL_BOOT:
@@ -126,6 +130,13 @@ def parse(text: str, base_url: str, variables: dict[str, str]) -> BootScript:
         if script.chain is not None:
             break
     return script
+
+
+def _seconds(args: list[str]) -> float:
+    try:
+        return max(0.0, float(args[0])) if args else 0.0
+    except ValueError:
+        raise ScriptError(f"sleep needs a number of seconds, not {args[0]!r}") from None
 
 
 def _image(script: BootScript, command: str, args: list[str], base_url: str) -> None:

@@ -26,7 +26,9 @@ from fleetboot.storm.plan import NodeSpec, StormPlan
 from fleetboot.storm.stats import NodeResult, PhaseRecord
 
 T = TypeVar("T")
-MAX_CHAINS = 4
+# iPXE follows `chain --replace` forever; a bound keeps a broken script from looping the
+# simulator. A WAIT loop (sleep, chain) needs one round per few seconds of waiting.
+MAX_CHAINS = 200
 
 
 class BootFailed(FleetbootError):
@@ -239,6 +241,8 @@ async def _fetch_script(http: HttpClient, spec: NodeSpec, lease: dhcpc.Lease) ->
             if script.kernel is None:
                 raise BootFailed("the script loads no kernel")
             return script
+        if script.sleep_s:
+            await asyncio.sleep(script.sleep_s)
         url = script.chain
     raise BootFailed(f"more than {MAX_CHAINS} chained scripts")
 

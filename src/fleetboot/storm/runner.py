@@ -61,13 +61,15 @@ class StackRun:
                    data.get("client", {}), data.get("server", {}))
 
 
-def make_stack(kind: StackKind, plan: StormPlan, files: StormFiles, workdir: Path) -> Stack:
+def make_stack(kind: StackKind, plan: StormPlan, files: StormFiles, workdir: Path,
+               fleetboot_settings: dict[str, Any] | None = None) -> Stack:
+    """``fleetboot_settings``: dotted configuration keys over the stack's own file."""
     if kind == "classic":
         return ClassicStack(plan, files, workdir)
     if kind == "fleetboot":
         from fleetboot.storm.fleetboot_stack import FleetbootStack
 
-        return FleetbootStack(plan, files, workdir)
+        return FleetbootStack(plan, files, workdir, overrides=dict(fleetboot_settings or {}))
     raise StormError(f"unknown stack {kind!r}; choose classic or fleetboot")
 
 
@@ -79,11 +81,12 @@ def time_limit(plan: StormPlan) -> float:
 
 
 def run_stack(plan: StormPlan, kind: StackKind, workdir: Path, files: StormFiles,
-              progress: bool = False) -> StackRun:
+              progress: bool = False,
+              fleetboot_settings: dict[str, Any] | None = None) -> StackRun:
     workdir = workdir / kind
     workdir.mkdir(parents=True, exist_ok=True)
     with StormNet.create(plan.network) as net:
-        stack = make_stack(kind, plan, files, workdir)
+        stack = make_stack(kind, plan, files, workdir, fleetboot_settings)
         try:
             stack.start(net)
             run_plan = plan.for_stack(kind, stack.http_port)
@@ -127,7 +130,9 @@ def simulate_in(net: StormNet, plan: StormPlan, workdir: Path,
 
 
 def run_storm(plan: StormPlan, kinds: tuple[StackKind, ...], workdir: Path,
-              progress: bool = False) -> dict[str, StackRun]:
+              progress: bool = False,
+              fleetboot_settings: dict[str, Any] | None = None) -> dict[str, StackRun]:
     """The same plan against each stack in turn, with byte-identical files."""
     files = StormFiles.create(workdir / "files", plan)
-    return {kind: run_stack(plan, kind, workdir, files, progress) for kind in kinds}
+    return {kind: run_stack(plan, kind, workdir, files, progress, fleetboot_settings)
+            for kind in kinds}
