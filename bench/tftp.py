@@ -440,20 +440,21 @@ def make_files(root: Path, quick: bool) -> dict[str, int]:
     return sizes
 
 
-def run_link(bench: Bench, link: Link, servers: Sequence[str], reps: int) -> None:
+def run_link(bench: Bench, link: Link, servers: Sequence[str], reps: int,
+             scenarios: str = "abcd") -> None:
     print(f"link {link.name}:", flush=True)
     with servers_running(link, bench.root, servers):
-        for blksize in (512, 1468):
+        for blksize in (512, 1468) if "a" in scenarios else ():
             for _ in range(reps):
                 for server in servers:
                     bench.single(link, server, blksize)
-        for _ in range(reps):
+        for _ in range(reps if "b" in scenarios else 0):
             for server in servers:
                 bench.parallel(link, server)
-        for _ in range(reps):
+        for _ in range(reps if "c" in scenarios else 0):
             for server in servers:
                 bench.thousand(link, server)
-        for blksize in (512, 1468):
+        for blksize in (512, 1468) if "d" in scenarios else ():
             for _ in range(reps):
                 bench.windowed(link, blksize, 1)
                 bench.windowed(link, blksize, 16)
@@ -521,7 +522,7 @@ def main_bench(args: argparse.Namespace) -> None:
             link = make()
             try:
                 reps = args.reps if link.name == "direct" else args.delayed_reps
-                run_link(bench, link, servers, reps)
+                run_link(bench, link, servers, reps, args.scenarios)
             finally:
                 link.close()
         print(f"\nload average at the end: {os.getloadavg()[0]:.1f} (2 cores, shared machine)")
@@ -707,6 +708,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         p.add_argument("--delayed-reps", type=int, default=1, help="repetitions, delayed link")
         p.add_argument("--delay-us", type=int, default=500)
         p.add_argument("--pin", action="store_true", help="servers on CPU 1, clients on CPU 0")
+        p.add_argument("--scenarios", default="abcd", help="a subset of abcd to run")
     c = sub.add_parser("client", help="the asyncio client, run inside the client namespace")
     c.add_argument("kind", choices=["many", "probe"])
     c.add_argument("--server", required=True)

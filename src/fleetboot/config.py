@@ -7,16 +7,19 @@ configuration. Paths are resolved relative to the configuration file.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fleetboot.errors import FleetbootError
 
 DEFAULT_CONFIG_PATHS = ("fleetboot.yaml", "/etc/fleetboot/fleetboot.yaml")
+_MAC_PREFIX = re.compile(r"[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2}){0,5}")
 
 
 class ConfigError(FleetbootError):
@@ -67,13 +70,48 @@ class DhcpConfig(_Section):
     tx_pace_per_s: float = 30000.0  # reply pacing after a burst; 0 turns it off
 
 
+class TftpQuirkConfig(_Section):
+    """Narrower TFTP settings for firmware that breaks on options or large blocks.
+
+    Matched by ``network`` (an address or CIDR) and/or ``mac_prefix``
+    ("52:54:00"); with both, both must match. The first matching quirk wins.
+    """
+
+    network: str | None = None
+    mac_prefix: str | None = None
+    disable_options: bool = False  # answer as RFC 1350 only: 512-byte blocks, no OACK
+    max_blksize: int | None = Field(default=None, ge=8, le=65464)
+    max_windowsize: int | None = Field(default=None, ge=1, le=65535)
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _matches_someone(self) -> TftpQuirkConfig:
+        if self.network is None and self.mac_prefix is None:
+            raise ValueError("a quirk needs `network` (e.g. 10.0.5.0/24) or `mac_prefix` "
+                             "(e.g. 52:54:00) to say which clients it is for")
+        if self.network is not None:
+            try:
+                ipaddress.ip_network(self.network, strict=False)
+            except ValueError:
+                raise ValueError(f"quirk network {self.network!r} is not an address or "
+                                 "CIDR like 10.0.5.0/24") from None
+        if self.mac_prefix is not None and not _MAC_PREFIX.fullmatch(self.mac_prefix):
+            raise ValueError(f"quirk mac_prefix {self.mac_prefix!r} is not hex octets "
+                             "separated by colons, like 52:54:00")
+        return self
+
+
 class TftpConfig(_Section):
     enabled: bool = True
     port: int = 69
-    max_blksize: int = 1468
-    timeout_s: float = 1.0
-    retries: int = 5
-    max_sessions: int = 4096
+    max_blksize: int = Field(default=1468, ge=8, le=65464)  # also clamped to the path MTU
+    max_windowsize: int = Field(default=64, ge=1, le=65535)  # RFC 7440; 1 = lock-step
+    options_enabled: bool = True  # False: RFC 1350 only, for every client
+    timeout_s: float = Field(default=1.0, gt=0)  # first retransmission; doubles per retry
+    max_timeout_s: float = Field(default=8.0, gt=0)
+    retries: int = Field(default=5, ge=0)
+    max_sessions: int = Field(default=4096, ge=1)
+    quirks: list[TftpQuirkConfig] = Field(default_factory=list)
 
 
 class HttpConfig(_Section):

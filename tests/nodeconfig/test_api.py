@@ -228,6 +228,9 @@ async def test_state_report_up_and_the_boot_timeline(env: Env) -> None:
     assert env.service.statuses[a.id].state is State.BOOTING
     env.clock.now += 10
     async with env.client(a.address) as c:
+        await c.get("/v1/self/client.sh")
+        env.service.process_pending()
+        assert env.service.statuses[a.id].state is State.BOOTING  # on the timeline only
         await c.get("/v1/self/config", headers={"X-Fleetboot-Token": token})
         env.service.process_pending()
         assert env.service.statuses[a.id].state is State.CONFIGURING
@@ -244,7 +247,7 @@ async def test_state_report_up_and_the_boot_timeline(env: Env) -> None:
     kinds = [(e["source"], e["kind"]) for e in timeline["events"]]
     assert kinds == [("dhcp", "DISCOVER"), ("dhcp", "DISCOVER"), ("dhcp", "ACK"),
                      ("http", "script"), ("http", "file"), ("dhcp", "DISCOVER"),
-                     ("config", "config"), ("node", "state")]
+                     ("config", "client"), ("config", "config"), ("node", "state")]
     assert [e["state"] for e in timeline["events"]][-2:] == ["CONFIGURING", "UP"]
     assert timeline["boot"] == 1
 

@@ -128,6 +128,8 @@ class NodeConfigApi:
 
     async def client(self, request: Request) -> Response:
         body = b"" if request.method == "HEAD" else self._script
+        if body:
+            self.service.client_fetched(_peer(request), len(body))
         return Response(body, media_type="text/x-shellscript",
                         headers={"content-length": str(len(self._script))})
 

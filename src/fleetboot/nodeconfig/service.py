@@ -34,7 +34,7 @@ from fleetboot.inventory.db import Database
 from fleetboot.nodeconfig.documents import DocumentCache, View
 from fleetboot.nodeconfig.fastpath import ConfigFastPath, uvicorn_protocol
 from fleetboot.nodeconfig.render import NodeDocuments
-from fleetboot.nodeconfig.responder import ConfigResponder, Reply
+from fleetboot.nodeconfig.responder import ConfigResponder, Reply, client_address
 from fleetboot.nodeconfig.states import (
     DEFAULT_TIMEOUTS,
     NodeStatus,
@@ -292,6 +292,16 @@ class NodeConfigService:
             detail["repeats_before"] = repeats
         self._pending.append((docs.node_id, BootEvent(self.clock(), "config", "config", None,
                                                       address, detail)))
+
+    def client_fetched(self, address: str, size: int) -> None:
+        """The shell client was downloaded: on the timeline of the node at ``address``."""
+        address = client_address(address)
+        mac = self.directory.mac_for_address(address)
+        docs = self.view.by_mac.get(mac) if mac else None
+        if docs is not None:
+            self._pending.append((docs.node_id, BootEvent(
+                self.clock(), "config", "client", None, address,
+                {"file": CLIENT_PATH, "bytes": size})))
 
     @property
     def fetches(self) -> int:

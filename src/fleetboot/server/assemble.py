@@ -17,6 +17,7 @@ from fleetboot.boot.files import BootFileSource
 from fleetboot.config import Settings, admin_token
 from fleetboot.inventory.db import Database
 from fleetboot.nodeconfig.service import NodeConfigService, NodeConfigSettings
+from fleetboot.protocols.tftp.options import TftpQuirk
 from fleetboot.server.dhcp import DhcpService, settings_from_config
 from fleetboot.server.http import HttpService, create_app
 from fleetboot.server.metrics import registry
@@ -36,8 +37,12 @@ class Assembly:
 
 def tftp_settings(settings: Settings) -> TftpSettings:
     t = settings.tftp
+    quirks = [TftpQuirk(q.network, q.mac_prefix, q.disable_options, q.max_blksize,
+                        q.max_windowsize, q.description) for q in t.quirks]
     return TftpSettings(root=Path(settings.boot_root), port=t.port, max_blksize=t.max_blksize,
-                        timeout=t.timeout_s, retries=t.retries, max_sessions=t.max_sessions)
+                        max_windowsize=t.max_windowsize, options_enabled=t.options_enabled,
+                        timeout=t.timeout_s, max_timeout=t.max_timeout_s, retries=t.retries,
+                        max_sessions=t.max_sessions, quirks=quirks)
 
 
 class FieldCounters(Mapping[str, int]):
