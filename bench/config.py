@@ -107,12 +107,14 @@ def serve(args: argparse.Namespace) -> None:
     from fleetboot.inventory.models import Node
     from fleetboot.nodeconfig.service import NodeConfigService, NodeConfigSettings
     from fleetboot.server.http import HttpService, create_app
+    from fleetboot.server.runtime import freeze_startup_objects, tune_gc_for_packets
 
     out = Path(args.out)
     db = Database(args.db)
     settings = Settings(server_address=SERVER_IP, boot_root=str(out / "bootroot"),
                         http=HttpConfig(port=FLEETBOOT_PORT))
     (out / "bootroot").mkdir(exist_ok=True)
+    tune_gc_for_packets()  # as `fleetboot serve` does
 
     async def main() -> None:
         with db.session() as s:
@@ -130,6 +132,7 @@ def serve(args: argparse.Namespace) -> None:
         else:  # the ASGI fast path only: what any ASGI server would give
             http = HttpService.from_settings(service.wrap(app), settings)
         await http.start()
+        freeze_startup_objects()  # as Runtime.start does in `fleetboot serve`
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         print(f"READY render_s={service.view.render_s:.2f} tokens={len(tokens)} "

@@ -12,9 +12,18 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from fleetboot.inventory.addr import normalize_mac
 from fleetboot.nodeconfig.errors import NodeConfigError
@@ -68,9 +77,27 @@ def _check_path(value: str) -> str:
     return value
 
 
+def _blank_is_none(value: Any) -> Any:
+    return None if value == "" else value
+
+
+# Field types: one checked meaning each, used by every section that has one.
+Hostname = Annotated[str, AfterValidator(_check_hostname)]
+Cidr = Annotated[str, AfterValidator(_check_cidr)]
+IpAddress = Annotated[str, AfterValidator(_check_ip)]
+Sha256 = Annotated[str, AfterValidator(_check_sha256)]
+Url = Annotated[str, AfterValidator(_check_url)]
+AbsolutePath = Annotated[str, AfterValidator(_check_path)]
+# Optional ones: an empty string means "not set", as YAML users write it.
+OptionalIp = Annotated[IpAddress | None, BeforeValidator(_blank_is_none)]
+OptionalCidr = Annotated[Cidr | None, BeforeValidator(_blank_is_none)]
+OptionalSha256 = Annotated[Sha256 | None, BeforeValidator(_blank_is_none)]
+OptionalUrl = Annotated[Url | None, BeforeValidator(_blank_is_none)]
+
+
 class Route(_Item):
     destination: str = "default"
-    gateway: str | None = None
+    gateway: OptionalIp = None
     interface: str | None = None
     metric: int | None = Field(None, ge=0)
 
@@ -85,11 +112,6 @@ class Route(_Item):
             raise ValueError(f"route destination {v!r}: use 'default' or a network "
                              "like 10.1.0.0/16") from None
 
-    @field_validator("gateway")
-    @classmethod
-    def _gw(cls, v: str | None) -> str | None:
-        return _check_ip(v) if v else None
-
 
 class InterfaceConfig(_Item):
     """Addresses, routes and MTU of one NIC, matched by ``name`` or ``mac``."""
@@ -97,14 +119,9 @@ class InterfaceConfig(_Item):
     name: str | None = None
     mac: str | None = None
     dhcp: bool = False
-    addresses: list[str] = Field(default_factory=list)
+    addresses: list[Cidr] = Field(default_factory=list)
     routes: list[Route] = Field(default_factory=list)
     mtu: int | None = Field(None, ge=576, le=65535)
-
-    @field_validator("addresses")
-    @classmethod
-    def _addr(cls, v: Any) -> Any:
-        return [_check_cidr(a) for a in v]
 
     @field_validator("mac")
     @classmethod
@@ -148,28 +165,14 @@ class Account(_Item):
 
 class Mount(_Item):
     source: str
-    target: str
+    target: AbsolutePath
     type: str = "nfs"
     options: str = "defaults"
 
-    @field_validator("target")
-    @classmethod
-    def _target(cls, v: Any) -> Any:
-        return _check_path(v)
-
 
 class HostEntry(_Item):
-    address: str
-    names: list[str] = Field(min_length=1)
-
-    @field_validator("address")
-    @classmethod
-    def _address(cls, v: Any) -> Any:
-        return _check_ip(v)
-    @field_validator("names")
-    @classmethod
-    def _names(cls, v: Any) -> Any:
-        return [_check_hostname(n) for n in v]
+    address: IpAddress
+    names: list[Hostname] = Field(min_length=1)
 
 
 class Startup(_Item):
@@ -181,18 +184,13 @@ class Startup(_Item):
 class FileItem(_Item):
     """A file to install: inline (``content_b64``) or fetched (``url`` + ``sha256``)."""
 
-    path: str
-    url: str | None = None
-    sha256: str | None = None
+    path: AbsolutePath
+    url: OptionalUrl = None
+    sha256: OptionalSha256 = None
     content_b64: str | None = None
     mode: str = "0644"
     owner: str | None = None
     secret: bool = False  # served only to requests carrying the per-boot token
-
-    @field_validator("path")
-    @classmethod
-    def _path(cls, v: Any) -> Any:
-        return _check_path(v)
 
     @field_validator("mode")
     @classmethod
@@ -200,16 +198,6 @@ class FileItem(_Item):
         if not re.fullmatch(r"0?[0-7]{3,4}", v):
             raise ValueError(f"mode {v!r}: an octal mode like 0644")
         return v if v.startswith("0") else "0" + v
-
-    @field_validator("sha256")
-    @classmethod
-    def _sha(cls, v: str | None) -> str | None:
-        return _check_sha256(v) if v else None
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, v: str | None) -> str | None:
-        return _check_url(v) if v else None
 
     @model_validator(mode="after")
     def _source(self) -> FileItem:
@@ -221,57 +209,25 @@ class FileItem(_Item):
 
 
 class Tarball(_Item):
-    url: str
-    sha256: str
-    dest: str = "/"
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, v: Any) -> Any:
-        return _check_url(v)
-    @field_validator("sha256")
-    @classmethod
-    def _sha(cls, v: Any) -> Any:
-        return _check_sha256(v)
-    @field_validator("dest")
-    @classmethod
-    def _dest(cls, v: Any) -> Any:
-        return _check_path(v)
+    url: Url
+    sha256: Sha256
+    dest: AbsolutePath = "/"
 
 
 class Package(_Item):
     name: str
-    url: str
-    sha256: str
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, v: Any) -> Any:
-        return _check_url(v)
-    @field_validator("sha256")
-    @classmethod
-    def _sha(cls, v: Any) -> Any:
-        return _check_sha256(v)
+    url: Url
+    sha256: Sha256
 
 
 class Tunnel(_Item):
     name: str
     type: Literal["gre", "gretap", "vxlan", "ipip", "wireguard"] = "gre"
-    remote: str
+    remote: IpAddress
     local: str | None = None
     key: str | None = None
-    address: str | None = None
+    address: OptionalCidr = None
     mtu: int | None = Field(None, ge=576, le=65535)
-
-    @field_validator("remote")
-    @classmethod
-    def _remote(cls, v: Any) -> Any:
-        return _check_ip(v)
-
-    @field_validator("address")
-    @classmethod
-    def _addr(cls, v: str | None) -> str | None:
-        return _check_cidr(v) if v else None
 
 
 class Shaping(_Item):
@@ -285,11 +241,7 @@ class Shaping(_Item):
 
 
 class _Hostname(_Item):
-    value: str
-    @field_validator("value")
-    @classmethod
-    def _v(cls, v: Any) -> Any:
-        return _check_hostname(v)
+    value: Hostname
 
 
 # Section name -> (model of one item or of the whole value, is a list, description).

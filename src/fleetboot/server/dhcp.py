@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import contextlib
 import fcntl
-import gc
 import json
 import logging
 import signal
@@ -49,6 +48,7 @@ from fleetboot.server.dhcp_view import load_view
 from fleetboot.server.events import BootEvent, EventSink
 from fleetboot.server.leases import LeaseJournal, load_leases
 from fleetboot.server.metrics import Metrics, RateLimitedLog, registry
+from fleetboot.server.runtime import freeze_startup_objects, tune_gc_for_packets
 
 if TYPE_CHECKING:
     from fleetboot.config import Settings
@@ -221,9 +221,7 @@ class DhcpService:
         view = await asyncio.to_thread(self.view_loader)
         rows = await asyncio.to_thread(load_leases, self.db)
         self.leases.load(rows)
-        # Leases and start-up objects live for the whole run: keep them out of the
-        # cyclic collector's full passes, which otherwise rescan them again and again.
-        gc.freeze()
+        freeze_startup_objects()  # leases live for the whole run
         self.listeners = open_listeners(self.settings)
         try:
             self.engine = DhcpEngine(
@@ -459,8 +457,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log-level", default="WARNING")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(message)s")
-    # Packets allocate many short-lived objects: collect the young generation less often.
-    gc.set_threshold(50_000, 20, 100)
+    tune_gc_for_packets()
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency

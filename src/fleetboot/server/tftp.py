@@ -75,6 +75,7 @@ from fleetboot.protocols.tftp.session import (
 )
 from fleetboot.server.directory import LeaseDirectory
 from fleetboot.server.events import BootEvent, EventSink, discard
+from fleetboot.server.metrics import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -147,26 +148,6 @@ class TftpServerStats:
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
-
-
-class _RateLimitedLog:
-    """At most one warning per ``interval`` seconds; the rest are only counted."""
-
-    def __init__(self, interval: float = 10.0) -> None:
-        self.interval = interval
-        self._next = 0.0
-        self.suppressed = 0
-
-    def warning(self, msg: str, *args: object) -> None:
-        now = time.monotonic()
-        if now < self._next:
-            self.suppressed += 1
-            return
-        self._next = now + self.interval
-        if self.suppressed:
-            msg += f" ({self.suppressed} similar messages suppressed)"
-            self.suppressed = 0
-        log.warning(msg, *args)
 
 
 Address = tuple[str, int]
@@ -300,7 +281,7 @@ class _Session:
             offset = (first - 1) * self.blksize
             await self._reader.load(offset, min(self.blksize, self.size - offset))
         except (BootFileError, OSError) as exc:
-            self.server.rate_log.warning("TFTP %s: reading %s failed: %s",
+            self.server.rate_log.warning("read", "TFTP %s: reading %s failed: %s",
                                          self.key[0], self.file.name, exc)
             self.machine.abort(self.server.loop.time())
             self._send_raw(error_packet(ErrorCode.NOT_DEFINED, "read error on the server"))
@@ -361,7 +342,7 @@ class TftpServer:
         self.timers = settings.timer_policy()
         self.stats = TftpServerStats()
         self.sessions: dict[Address, _Session] = {}
-        self.rate_log = _RateLimitedLog()
+        self.rate_log = RateLimitedLog(log)
         self._starting: dict[Address, Request] = {}
         self._sock: socket.socket | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -418,7 +399,7 @@ class TftpServer:
             except BlockingIOError:
                 return
             except OSError as exc:
-                self.rate_log.warning("TFTP listening socket: %s", exc)
+                self.rate_log.warning("listen", "TFTP listening socket: %s", exc)
                 return
             self._on_request(data, client, _local_address(anc))
 
@@ -463,7 +444,7 @@ class TftpServer:
         if len(self.sessions) + len(self._starting) >= self.settings.max_sessions:
             # Dropped, not refused: firmware retries an RRQ but gives up on an error.
             self.stats.busy_drops += 1
-            self.rate_log.warning("TFTP busy: %d sessions, dropping RRQ from %s",
+            self.rate_log.warning("busy", "TFTP busy: %d sessions, dropping RRQ from %s",
                                   len(self.sessions), client[0])
             return
         self._starting[client] = request
@@ -475,7 +456,7 @@ class TftpServer:
                 bad: bool = False) -> None:
         if bad:
             self.stats.bad_packets += 1
-            self.rate_log.warning("TFTP bad packet from %s:%d: %s", *client, message)
+            self.rate_log.warning("bad", "TFTP bad packet from %s:%d: %s", *client, message)
         self.stats.errors_sent += 1
         self._send_from_listener(error_packet(code, message), client, local)
 
@@ -489,7 +470,7 @@ class TftpServer:
             else:
                 self._sock.sendto(packet, client)
         except OSError as exc:
-            self.rate_log.warning("TFTP reply to %s:%d failed: %s", *client, exc)
+            self.rate_log.warning("reply", "TFTP reply to %s:%d failed: %s", *client, exc)
 
     # --- starting a session ----------------------------------------------------------
 
@@ -583,8 +564,8 @@ class TftpServer:
             self.stats.not_found += 1
         elif code == ErrorCode.ACCESS_VIOLATION:
             self.stats.refused_paths += 1
-            self.rate_log.warning("TFTP refused %r from %s: %s", request.filename, client[0],
-                                  message)
+            self.rate_log.warning("refused", "TFTP refused %r from %s: %s", request.filename,
+                                  client[0], message)
         elif code == ErrorCode.OPTION_NEGOTIATION:
             self.stats.option_errors += 1
         self.stats.errors_sent += 1
