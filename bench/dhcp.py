@@ -38,7 +38,7 @@ from pathlib import Path
 
 from fleetboot.inventory.db import Database
 from fleetboot.inventory.models import Pool, Subnet
-from fleetboot.lab.netns import Lab
+from fleetboot.lab.netns import Lab, stop_process
 
 CIDR, MASK = "10.64.0.0/12", "255.240.0.0"
 POOL = ("10.64.0.10", "10.76.255.254")  # ~850,000 addresses: never the limit here
@@ -133,13 +133,7 @@ def _spawn(lab: Lab, work: Path, argv: list[str],
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    stop_process(proc, timeout_s=15)
 
 
 # --- perfdhcp -----------------------------------------------------------------------------

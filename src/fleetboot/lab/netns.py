@@ -11,6 +11,7 @@ import os
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 _counter = itertools.count()
 
@@ -18,6 +19,18 @@ _counter = itertools.count()
 def unique_name(prefix: str) -> str:
     """A short interface/namespace name unique to this process (IFNAMSIZ is 15)."""
     return f"{prefix}{os.getpid() % 10000}x{next(_counter)}"[:15]
+
+
+def stop_process(proc: subprocess.Popen[Any] | None, timeout_s: float = 10.0) -> None:
+    """SIGTERM, wait up to ``timeout_s``, then SIGKILL; safe on a process that ended."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout_s)
 
 
 def run(argv: Sequence[str], check: bool = True) -> subprocess.CompletedProcess[str]:

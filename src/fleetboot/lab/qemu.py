@@ -36,7 +36,7 @@ from typing import Literal
 from fleetboot.errors import FleetbootError
 from fleetboot.inventory.addr import normalize_mac
 from fleetboot.lab.guest import Lease, Marker, parse_marker
-from fleetboot.lab.netns import Lab
+from fleetboot.lab.netns import Lab, stop_process
 
 Firmware = Literal["bios", "uefi"]
 
@@ -316,13 +316,7 @@ class Vm:
 
     def close(self) -> None:
         """Kill QEMU (SIGTERM, then SIGKILL); safe to call twice."""
-        if self.running:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout_s=3)
 
     def __enter__(self) -> Vm:
         return self
@@ -449,13 +443,7 @@ class Background:
     process: subprocess.Popen[bytes]
 
     def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout_s=3)
 
     def __enter__(self) -> Background:
         return self

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from fleetboot.lab.netns import stop_process
 from fleetboot.storm.plan import StormPlan
 from fleetboot.storm.stacks import (
     BOOTFILE,
@@ -29,7 +30,6 @@ from fleetboot.storm.stacks import (
     StormFiles,
     link_file,
     namespace_counters,
-    stop_process,
     wait_listening,
 )
 from fleetboot.storm.topology import StormNet

@@ -18,7 +18,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Protocol
 
 from fleetboot.errors import FleetbootError
+from fleetboot.lab.netns import stop_process
 from fleetboot.storm.plan import StormPlan
 from fleetboot.storm.topology import StormNet
 
@@ -114,17 +114,6 @@ def _tail(path: Path, lines: int = 15) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
-
-
-def stop_process(proc: subprocess.Popen[bytes] | None, timeout_s: float = 10.0) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout_s)
 
 
 def namespace_counters(net: StormNet) -> dict[str, int]:
