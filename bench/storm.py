@@ -25,26 +25,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-import yaml
 from rich.console import Console
 
+from fleetboot.storm.fleetboot_stack import parse_settings
 from fleetboot.storm.plan import STACKS, KiB, MiB, Payload, StackKind, make_plan
 from fleetboot.storm.report import draw, print_report
 from fleetboot.storm.runner import run_storm
+from fleetboot.storm.stacks import StackError
 from fleetboot.storm.stats import result_line
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def parse_settings(pairs: list[str]) -> dict[str, object]:
-    """``["admission.max_booting=300"]`` -> ``{"admission.max_booting": 300}``."""
-    settings: dict[str, object] = {}
-    for pair in pairs:
-        key, eq, value = pair.partition("=")
-        if not eq or not key.strip():
-            raise ValueError(f"--set {pair!r}: write KEY=VALUE, e.g. admission.max_booting=300")
-        settings[key.strip()] = yaml.safe_load(value)
-    return settings
 
 
 def main() -> int:
@@ -72,7 +62,7 @@ def main() -> int:
                       initrd=int(args.initrd_mib * MiB))
     try:
         settings = parse_settings(args.set)
-    except ValueError as exc:
+    except StackError as exc:
         parser.error(str(exc))
     console = Console(width=110)
     sizes = [int(x) for x in args.also.split(",") if x.strip()] + [args.nodes]

@@ -6,6 +6,7 @@ import contextlib
 import ipaddress
 import itertools
 import math
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -319,3 +320,32 @@ def test_client_messages_carry_what_real_firmware_sends() -> None:
 @given(st.binary(max_size=600))
 def test_reading_random_replies_never_raises(data: bytes) -> None:
     dhcpwire.read_reply(data)
+
+
+def test_settings_for_the_fleetboot_stack_are_yaml_values() -> None:
+    from fleetboot.storm.fleetboot_stack import parse_settings
+    from fleetboot.storm.stacks import StackError
+
+    assert parse_settings(["admission.max_booting=300", "http.access_log=true", "a.b= x "]) == {
+        "admission.max_booting": 300, "http.access_log": True, "a.b": "x"}
+    with pytest.raises(StackError, match="KEY=VALUE"):
+        parse_settings(["admission.max_booting"])
+
+
+def test_settings_override_the_stacks_own_configuration(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+    from typing import Any, cast
+
+    from fleetboot.config import Settings
+    from fleetboot.storm.fleetboot_stack import FleetbootStack
+    from fleetboot.storm.plan import make_plan
+    from fleetboot.storm.stacks import StormFiles
+
+    files = StormFiles(tmp_path / "b", tmp_path / "k", tmp_path / "i")
+    stack = FleetbootStack(make_plan(3), files, tmp_path,
+                           overrides={"admission.max_booting": 2, "http.port": 9090})
+    settings = stack.settings(cast(Any, SimpleNamespace(bridge="br-storm")))
+    assert settings["admission"] == {"max_booting": 2}
+    assert settings["http"] == {"port": 9090}
+    assert settings["dhcp"] == {"interfaces": ["br-storm"]}
+    Settings.model_validate(settings)  # what `fleetboot serve` will read

@@ -16,6 +16,7 @@ from pathlib import Path
 import typer
 
 from fleetboot.cli.common import console, fail, friendly_errors
+from fleetboot.storm.fleetboot_stack import parse_settings
 from fleetboot.storm.plan import STACKS, KiB, MiB, Payload, StackKind, Timing, make_plan
 from fleetboot.storm.report import draw, print_report
 from fleetboot.storm.runner import StackRun, run_storm
@@ -47,6 +48,9 @@ def run(
     workdir: Path | None = typer.Option(None, help="keep configs, logs and results here"),
     picture: Path | None = typer.Option(None, help="write the waterfall PNG here"),
     progress: bool = typer.Option(False, help="print progress while the storm runs"),
+    setting: list[str] = typer.Option(
+        [], "--set", metavar="KEY=VALUE",
+        help="a Fleetboot setting for the storm, e.g. admission.max_booting=300"),
 ) -> None:
     """Storm each stack with the same machines; print per-phase figures and a RESULT line."""
     if os.geteuid() != 0:
@@ -55,11 +59,12 @@ def run(
                       initrd=int(initrd_mib * MiB))
     plan = make_plan(nodes, window, seed, payload=payload, timing=Timing(os_boot_s=os_boot_s))
     kinds = _kinds(stack)
+    settings = parse_settings(setting)
     if workdir is None:
         with tempfile.TemporaryDirectory(prefix="fleetboot-storm-") as tmp:
-            runs = run_storm(plan, kinds, Path(tmp), progress)
+            runs = run_storm(plan, kinds, Path(tmp), progress, settings)
     else:
-        runs = run_storm(plan, kinds, workdir, progress)
+        runs = run_storm(plan, kinds, workdir, progress, settings)
     if picture is not None:
         draw(runs, picture)
     print_report(runs, console)

@@ -38,6 +38,17 @@ ADMIN_TOKEN = "storm-admin-token"
 PROFILE = "storm"
 
 
+def parse_settings(pairs: list[str]) -> dict[str, Any]:
+    """``["admission.max_booting=300"]`` -> ``{"admission.max_booting": 300}`` (YAML values)."""
+    settings: dict[str, Any] = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq or not key.strip():
+            raise StackError(f"setting {pair!r}: write KEY=VALUE, e.g. admission.max_booting=300")
+        settings[key.strip()] = yaml.safe_load(value)
+    return settings
+
+
 def fleetboot_argv() -> list[str]:
     """The ``fleetboot`` command of this interpreter's environment."""
     script = Path(sys.executable).with_name("fleetboot")
