@@ -420,6 +420,7 @@ class _Job:
     loop: asyncio.AbstractEventLoop
     last_progress: float
     closed: bool = False
+    sending: bool = False  # the pump is in sendfile(2) on out_fd: only it may close it
 
 
 class SendfilePump:
@@ -474,7 +475,9 @@ class SendfilePump:
             self._epoll.register(job.out_fd, select.EPOLLOUT | select.EPOLLONESHOT)
 
     def _close(self, job: _Job, exc: BaseException | None = None) -> None:
-        """End ``job`` (either thread); the lock keeps the fd alive while in use."""
+        """End ``job`` (either thread). A descriptor in the middle of a sendfile is
+        closed by the pump when the call returns, so its number cannot be reused
+        under the call; the lock is never held across a syscall that moves data."""
         with self._lock:
             if job.closed:
                 return
@@ -482,7 +485,8 @@ class SendfilePump:
             self._jobs.pop(job.out_fd, None)
             with contextlib.suppress(OSError, ValueError):
                 self._epoll.unregister(job.out_fd)
-            os.close(job.out_fd)
+            if not job.sending:
+                os.close(job.out_fd)
         with contextlib.suppress(RuntimeError):  # the loop is gone (shutdown)
             job.loop.call_soon_threadsafe(_settle, job.future, exc)
 
@@ -500,19 +504,27 @@ class SendfilePump:
             job = self._jobs.get(fd)
             if job is None or job.closed:
                 return
-            try:
-                sent = _send_some(job.out_fd, job.in_fd, job.offset, job.remaining)
-            except OSError as exc:
-                error: BaseException | None = ConnectionError(f"sendfile failed: {exc}")
-            else:
-                error = None
-                if sent:
-                    job.offset += sent
-                    job.remaining -= sent
-                    job.last_progress = now
-                if job.remaining:
-                    self._epoll.modify(fd, select.EPOLLOUT | select.EPOLLONESHOT)
-                    return
+            job.sending = True
+        # Outside the lock: on veth or loopback one call can run the receiver's whole
+        # network stack for a socket buffer's worth, and the event loop must not wait
+        # for that to register the next transfer.
+        error: BaseException | None = None
+        try:
+            sent = _send_some(job.out_fd, job.in_fd, job.offset, job.remaining)
+        except OSError as exc:
+            sent, error = 0, ConnectionError(f"sendfile failed: {exc}")
+        with self._lock:
+            job.sending = False
+            if job.closed:  # ended meanwhile (the request was cancelled): ours to close
+                os.close(job.out_fd)
+                return
+            job.offset += sent
+            job.remaining -= sent
+            if sent:
+                job.last_progress = now
+            if error is None and job.remaining:
+                self._epoll.modify(fd, select.EPOLLOUT | select.EPOLLONESHOT)
+                return
         self._close(job, error)
 
     def _expire(self, now: float) -> None:
