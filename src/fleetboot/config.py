@@ -165,6 +165,32 @@ class SecurityConfig(_Section):
     admin_token_file: str | None = None
 
 
+class VmConfig(_Section):
+    """KVM VMs (``fleetboot vm``). Relative paths are relative to this file.
+
+    ``FLEETBOOT_VM_RUN_DIR`` / ``FLEETBOOT_VM_IMAGE_DIR`` (and ``fleetboot vm
+    --run-dir``) override ``run_dir`` / ``image_dir`` for one command.
+    """
+
+    # QMP sockets, pidfiles and per-VM locks. Keep it short: a unix socket path
+    # must fit in 108 bytes. Every command on a VM must use the same run_dir.
+    run_dir: str = "/run/fleetboot/vm"
+    # Disk images Fleetboot creates and UEFI variable stores; default <state_dir>/vm-images.
+    image_dir: str | None = None
+    qemu: str = "qemu-system-x86_64"  # a name looked up in PATH, or a path
+    qemu_img: str = "qemu-img"
+    # How long to wait for the guest to release an unplugged device (then the slot stays
+    # held until QEMU reports it gone), for a live migration, for QEMU to start and
+    # answer on QMP, and for the firmware to number q35's root ports after a start.
+    unplug_timeout_s: float = Field(default=10.0, gt=0)
+    migrate_timeout_s: float = Field(default=120.0, gt=0)
+    start_timeout_s: float = Field(default=60.0, gt=0)
+    enumerate_timeout_s: float = Field(default=20.0, gt=0)
+    # Firmware of new VMs unless `vm create --firmware` says otherwise: bios (SeaBIOS)
+    # or uefi (OVMF, package ovmf). Existing VMs keep the firmware they were created with.
+    firmware: Literal["bios", "uefi"] = "bios"
+
+
 class Settings(_Section):
     """The whole configuration. ``server_address`` is what nodes are told to reach."""
 
@@ -177,6 +203,7 @@ class Settings(_Section):
     http: HttpConfig = Field(default_factory=HttpConfig)
     admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
     security: SecurityConfig = Field(default_factory=SecurityConfig)
+    vm: VmConfig = Field(default_factory=VmConfig)
     architectures: dict[int, ArchBoot] = Field(default_factory=default_arch_table)
 
     def resolve_paths(self, base: Path) -> Settings:
@@ -186,6 +213,12 @@ class Settings(_Section):
         copy = self.model_copy(deep=True)
         copy.boot_root = absolute(self.boot_root)
         copy.state_dir = absolute(self.state_dir)
+        copy.vm.run_dir = absolute(self.vm.run_dir)
+        if self.vm.image_dir is not None:
+            copy.vm.image_dir = absolute(self.vm.image_dir)
+        for field in ("qemu", "qemu_img"):  # a bare name is looked up in PATH
+            if "/" in getattr(self.vm, field):
+                setattr(copy.vm, field, absolute(getattr(self.vm, field)))
         if copy.database.url.startswith("sqlite:///") and not copy.database.url.startswith(
             "sqlite:////"
         ):

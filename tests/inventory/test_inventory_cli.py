@@ -36,3 +36,12 @@ def test_bad_config_file_is_explained(run, tmp_path: Path) -> None:  # type: ign
     (tmp_path / "bad.yaml").write_text("dhcp: {port: seventy}\n")
     result = run("--config", str(tmp_path / "bad.yaml"), "node", "list")
     assert result.exit_code == 2 and "dhcp.port" in result.output
+
+
+def test_an_unreachable_database_is_explained(run, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEETBOOT_DB", f"sqlite:///{tmp_path}/no/such/dir/fleetboot.db")
+    for command in (["node", "list"], ["nodes"]):
+        result = run(*command)
+        assert result.exit_code == 2 and "Traceback" not in result.output
+        assert "cannot open the database" in result.output and "database.url" in result.output

@@ -22,7 +22,7 @@ from fleetboot.passthrough.claims import ClaimedDevice
 from fleetboot.passthrough.errors import ClaimError
 from fleetboot.passthrough.flavors import Flavor, parse_requests, parse_tag
 from fleetboot.vm.models import Instance
-from fleetboot.vm.service import VmService, default_settings
+from fleetboot.vm.service import VmService, vm_settings
 
 host_app = typer.Typer(help="Hosts' PCI devices for passthrough (read from sysfs).",
                        no_args_is_help=True)
@@ -320,8 +320,7 @@ def vm_attach(
     att = claims.attach(db, uid)
     _devices_table(att.devices, f"attached on {att.host}")
     if vm_name is not None:
-        state_dir = None if db_url else state(ctx).settings.state_dir
-        service = VmService(db, default_settings(state_dir))
+        service = VmService(db, vm_settings(state(ctx).settings))
         added = asyncio.run(vmlayout.attach_to_vm(service, db, vm_name))
         console.print(f"VM {vm_name}: {', '.join(added) or 'no new'} vfio device(s) placed")
     for name, text in att.networks:

@@ -1,6 +1,6 @@
 """``fleetboot vm``: KVM virtual machines with a PCI layout Fleetboot owns.
 
-    fleetboot vm create web1 --machine q35 --nic model=virtio-net-pci,boot \\
+    fleetboot vm create web1 --machine q35 --firmware uefi --nic model=virtio-net-pci,boot \\
         --nic model=e1000,backend=bridge:br0 --disk size=2G --balloon
     fleetboot vm start web1
     fleetboot vm hotplug web1 --disk size=1G,bus=virtio-scsi
@@ -15,6 +15,7 @@ import asyncio
 import json
 import shlex
 from collections.abc import Coroutine
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -24,7 +25,8 @@ from rich.markup import escape
 from fleetboot.cli.common import console, friendly_errors, state, table
 from fleetboot.inventory.db import Database
 from fleetboot.vm import planner
-from fleetboot.vm.service import InstanceView, VmService, VmSettings, default_settings
+from fleetboot.vm.firmware import Firmware, parse_firmware
+from fleetboot.vm.service import InstanceView, VmService, vm_settings
 from fleetboot.vm.specs import CreateSpec, SpecError, parse_disk, parse_nic
 
 app = typer.Typer(help="KVM virtual machines: stable PCI slots, hotplug, per-NIC PXE, "
@@ -37,20 +39,21 @@ DbOpt = Annotated[str | None, typer.Option(
     help="database URL (default: the configuration's, i.e. sqlite:///fleetboot.db)")]
 RunDirOpt = Annotated[Path | None, typer.Option(
     "--run-dir", envvar="FLEETBOOT_VM_RUN_DIR",
-    help="QMP sockets and pidfiles (keep it short: unix socket paths; default /run/fleetboot/vm)")]
+    help="QMP sockets and pidfiles (keep it short: unix socket paths; default: the "
+         "configuration's vm.run_dir, /run/fleetboot/vm)")]
 
 
 def _service(ctx: typer.Context, db_url: str | None, run_dir: Path | None) -> VmService:
+    """The service on the configuration's ``vm:`` section; --run-dir (or its env var) wins."""
+    cli = state(ctx)
+    settings = vm_settings(cli.settings)
+    if run_dir is not None:
+        settings = replace(settings, run_dir=run_dir)
     if db_url is None:
-        db = state(ctx).db
-        state_dir = state(ctx).settings.state_dir
+        db = cli.db
     else:
         db = Database(db_url)
         db.create_schema()
-        state_dir = None
-    settings = default_settings(state_dir)
-    if run_dir is not None:
-        settings = VmSettings(run_dir=run_dir, image_dir=settings.image_dir)
     return VmService(db, settings)
 
 
@@ -69,6 +72,7 @@ def _print_view(view: InstanceView, changed: list[str] | None = None) -> None:
         f"accel={view.accel}  {view.vcpus} vCPU  {view.memory_mib} MiB  uuid {view.uuid}"
         + (f"  pid {view.pid}" if view.pid else "")
     )
+    console.print(f"firmware: {_firmware(view)}")
     console.print(f"slots: [bold]{escape(planner.render(view.layout, changed or []))}[/]")
     console.print(f"[dim]{escape(planner.LEGEND)}[/]")
     _print_slots(view)
@@ -86,6 +90,12 @@ def _print_view(view: InstanceView, changed: list[str] | None = None) -> None:
     if view.drift is not None:
         colour = "green" if view.drift.ok else "red"
         console.print(f"query-pci: [{colour}]{escape(str(view.drift))}[/]")
+
+
+def _firmware(view: InstanceView) -> str:
+    if view.firmware is Firmware.BIOS:
+        return "bios (SeaBIOS)"
+    return f"uefi (OVMF; variable store {escape(view.uefi_vars or '?')})"
 
 
 def _print_slots(view: InstanceView) -> None:
@@ -163,10 +173,14 @@ def create(
     passthrough_pool: Annotated[int | None, typer.Option(help="passthrough slots")] = None,
     accel: Annotated[str, typer.Option(help="QEMU accelerator")] = "tcg",
     netns: Annotated[str | None, typer.Option(help="run QEMU in this network namespace")] = None,
+    firmware: Annotated[str | None, typer.Option(
+        help="bios (SeaBIOS) or uefi (OVMF, on q35 or pc); default: the configuration's "
+             "vm.firmware, i.e. bios")] = None,
     db: DbOpt = None,
     run_dir: RunDirOpt = None,
 ) -> None:
-    """Define a VM and pin its machine type and PCI layout (disk images are created now)."""
+    """Define a VM and pin its machine type, firmware and PCI layout (disk images and a
+    UEFI variable store are created now)."""
     family = planner.parse_family(machine)
     base = planner.DEFAULT_POOLS[family]
     pools = planner.PoolSizes(
@@ -184,6 +198,7 @@ def create(
         nics=tuple(parse_nic(n) for n in nic or ()), disks=tuple(parse_disk(d) for d in disk or ()),
         balloon=balloon, rng=rng, serial_log=serial, extra_args=extra_args, pools=pools,
         accel=accel, netns=netns,
+        firmware=None if firmware is None else parse_firmware(firmware),
     )
     view = _run(_service(ctx, db, run_dir).create(spec))
     _print_view(view, [p.device for p in view.layout.placements])
@@ -194,10 +209,10 @@ def create(
 def list_vms(ctx: typer.Context, db: DbOpt = None, run_dir: RunDirOpt = None) -> None:
     """List VMs with their status and slot map."""
     service = _service(ctx, db, run_dir)
-    tab = table("vm", "status", "machine", "vcpus", "MiB", "slots")
+    tab = table("vm", "status", "machine", "firmware", "vcpus", "MiB", "slots")
     for view in service.list_instances():
-        tab.add_row(view.name, view.status.value, view.machine_type, str(view.vcpus),
-                    str(view.memory_mib), escape(planner.render(view.layout)))
+        tab.add_row(view.name, view.status.value, view.machine_type, view.firmware.value,
+                    str(view.vcpus), str(view.memory_mib), escape(planner.render(view.layout)))
     console.print(tab)
 
 

@@ -12,7 +12,11 @@ from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Engine, MetaData, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+
+from fleetboot.errors import FleetbootError
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -59,6 +63,10 @@ def create_schema(engine: Engine) -> None:
     upgrade(engine)
 
 
+class DatabaseUnavailable(FleetbootError):
+    """The configured database cannot be opened or reached."""
+
+
 class Database:
     """One engine plus a session factory; the unit the rest of the code passes around."""
 
@@ -77,7 +85,15 @@ class Database:
             yield session
 
     def create_schema(self) -> None:
-        create_schema(self.engine)
+        try:
+            create_schema(self.engine)
+        except OperationalError as exc:
+            where = make_url(self.url).render_as_string(hide_password=True)
+            raise DatabaseUnavailable(
+                f"cannot open the database {where}: {exc.orig}; check database.url in "
+                "fleetboot.yaml (for SQLite the directory must exist and be writable; for "
+                "PostgreSQL the server must run and accept this user) or set FLEETBOOT_DB"
+            ) from None
 
     def revision(self) -> int:
         """The inventory's change counter (cheap; servers poll it)."""

@@ -37,12 +37,11 @@ from fleetboot.errors import FleetbootError
 from fleetboot.inventory.addr import normalize_mac
 from fleetboot.lab.guest import Lease, Marker, parse_marker
 from fleetboot.lab.netns import Lab, stop_process
+from fleetboot.vm.firmware import OVMF_CODE, OVMF_VARS  # the one place OVMF is found
 
 Firmware = Literal["bios", "uefi"]
 
 QEMU = "qemu-system-x86_64"
-OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
-OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 POLL_S = 0.05
 SERIAL_PORT = 0x3F8  # COM1, the -serial device
 

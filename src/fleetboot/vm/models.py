@@ -71,6 +71,11 @@ class Instance(Base):
     accel: Mapped[str] = mapped_column(String(16), default="tcg")
     vcpus: Mapped[int] = mapped_column(Integer, default=1)
     memory_mib: Mapped[int] = mapped_column(Integer, default=256)
+    # Guest firmware (fleetboot.vm.firmware.Firmware), part of the guest ABI like the
+    # machine type: fixed at creation. Rows from before this column read as bios.
+    firmware: Mapped[str] = mapped_column(String(8), default="bios", server_default="bios")
+    # A UEFI VM's own OVMF variable store (boot entries), kept until the VM is deleted.
+    uefi_vars: Mapped[str | None] = mapped_column(String(1024))
     extra_args: Mapped[list[str]] = mapped_column(JSON, default=list)
     layout: Mapped[dict[str, Any]] = mapped_column(JSON)
     status: Mapped[str] = mapped_column(String(16), default=VmStatus.STOPPED.value)

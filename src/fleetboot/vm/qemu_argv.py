@@ -33,6 +33,7 @@ from fleetboot.vm.planner import (
     RootPort,
 )
 
+FIRMWARE_FIX = "choose the firmware with fleetboot vm create --firmware bios|uefi"
 # Options Fleetboot sets itself; a user copy would fight the layout or the runtime.
 OWNED_OPTIONS: Mapping[str, str] = {
     "-machine": "use the instance's pinned machine type (fleetboot vm create --machine)",
@@ -53,7 +54,12 @@ OWNED_OPTIONS: Mapping[str, str] = {
     "-nic": "declare NICs with --nic so Fleetboot controls their slot and PXE ROM",
     "-net": "declare NICs with --nic so Fleetboot controls their slot and PXE ROM",
     "-nodefaults": "Fleetboot always passes it",
+    "-bios": FIRMWARE_FIX,
+    "-pflash": FIRMWARE_FIX,
 }
+# Node names of the two OVMF pflash drives (-machine pflash0=/pflash1=).
+FW_CODE_NODE = "fw-code"
+FW_VARS_NODE = "fw-vars"
 
 # Fallback when QEMU's own driver list is not at hand.
 KNOWN_NIC_MODELS = frozenset({
@@ -157,6 +163,14 @@ class ParsedExtras:
 
 
 @dataclass(frozen=True)
+class UefiDef:
+    """OVMF as pflash: the shared code (read-only) and this VM's own variable store."""
+
+    code: str
+    vars: str
+
+
+@dataclass(frozen=True)
 class MachineDef:
     name: str
     uuid: str
@@ -169,6 +183,7 @@ class MachineDef:
     disks: tuple[DiskDef, ...] = ()
     devices: tuple[DeviceDef, ...] = ()
     extras: ParsedExtras = ParsedExtras()
+    uefi: UefiDef | None = None  # None: SeaBIOS, QEMU's built-in default
 
 
 @dataclass(frozen=True)
@@ -281,6 +296,8 @@ def parse_extra_args(
         option = "-" + token.lstrip("-") if token.startswith("-") else token
         if option in OWNED_OPTIONS:
             raise ArgvError(f"extra argument {token}: {OWNED_OPTIONS[option]}")
+        if option == "-drive" and _is_pflash(items[i + 1] if i + 1 < len(items) else ""):
+            raise ArgvError(f"extra argument -drive {items[i + 1]}: {FIRMWARE_FIX}")
         if option == "-device":
             if i + 1 >= len(items):
                 raise ArgvError("extra argument -device needs a value")
@@ -294,6 +311,10 @@ def parse_extra_args(
         rest.append(token)
         i += 1
     return ParsedExtras(tuple(devices), tuple(rest))
+
+
+def _is_pflash(drive: str) -> bool:
+    return "if=pflash" in (part.strip() for part in drive.split(","))
 
 
 def extra_requests(extras: ParsedExtras) -> list[DeviceRequest]:
@@ -413,12 +434,30 @@ def _json(props: Mapping[str, Any]) -> str:
 # ---------------------------------------------------------------------------
 
 
+def firmware_args(uefi: UefiDef | None) -> tuple[str, list[str]]:
+    """The ``-machine`` suffix and the ``-blockdev`` options of the firmware (none for SeaBIOS).
+
+    OVMF goes in as pflash via ``-machine pflash0=,pflash1=`` and JSON
+    ``-blockdev``s, like the disks: the code read-only (a write would fail, not
+    corrupt the shared file), the variable store writable.
+    """
+    if uefi is None:
+        return "", []
+    code = {"driver": "raw", "node-name": FW_CODE_NODE, "read-only": True,
+            "file": {"driver": "file", "filename": uefi.code, "read-only": True}}
+    store = {"driver": "raw", "node-name": FW_VARS_NODE,
+             "file": {"driver": "file", "filename": uefi.vars}}
+    return (f",pflash0={FW_CODE_NODE},pflash1={FW_VARS_NODE}",
+            ["-blockdev", _json(code), "-blockdev", _json(store)])
+
+
 def _base_args(m: MachineDef, files: RunFiles) -> list[str]:
     if "," in m.machine_type or "," in m.accel:
         raise ArgvError(f"machine type {m.machine_type!r} / accel {m.accel!r} contain a comma")
+    pflash, firmware = firmware_args(m.uefi)
     argv = [
         "-name", f"guest={escape_value(m.name)}", "-uuid", m.uuid,
-        "-machine", f"{m.machine_type},accel={m.accel}",
+        "-machine", f"{m.machine_type},accel={m.accel}{pflash}", *firmware,
         "-smp", str(m.vcpus), "-m", str(m.memory_mib),
         "-nodefaults", "-no-user-config", "-display", "none",
         "-boot", "strict=on",

@@ -25,7 +25,7 @@ import os
 import secrets
 import time
 import uuid as uuidlib
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
+from fleetboot.config import Settings
 from fleetboot.inventory.db import Database
 from fleetboot.vm import planner, runtime
 from fleetboot.vm.drift import DriftReport, compare
@@ -42,6 +43,16 @@ from fleetboot.vm.errors import (
     QemuGoneError,
     UnplugPendingError,
     VmError,
+)
+from fleetboot.vm.firmware import (
+    OVMF_CODE,
+    OVMF_VARS,
+    Firmware,
+    FirmwareError,
+    check_memory,
+    copy_vars,
+    require_ovmf,
+    vars_path,
 )
 from fleetboot.vm.models import Device as DeviceRow
 from fleetboot.vm.models import (
@@ -62,6 +73,7 @@ from fleetboot.vm.qemu_argv import (
     MachineDef,
     NicDef,
     RunFiles,
+    UefiDef,
     blockdev_props,
     controller_props,
     disk_device_props,
@@ -97,7 +109,10 @@ class BusyError(VmError):
 
 @dataclass(frozen=True)
 class VmSettings:
-    """Where VM files go and how long to wait. ``run_dir`` must be short (socket paths)."""
+    """Where VM files go and how long to wait. ``run_dir`` must be short (socket paths).
+
+    Built from the configuration's ``vm:`` section by :func:`vm_settings`.
+    """
 
     run_dir: Path
     image_dir: Path
@@ -107,6 +122,9 @@ class VmSettings:
     migrate_timeout: float = 120.0
     start_timeout: float = 60.0
     enumerate_timeout: float = 20.0
+    firmware: Firmware = Firmware.BIOS  # for new VMs that do not name one
+    ovmf_code: Path = OVMF_CODE
+    ovmf_vars: Path = OVMF_VARS  # the template each UEFI VM's own store is copied from
 
     @classmethod
     def under(cls, state_dir: str | Path, **kwargs: Any) -> VmSettings:
@@ -156,6 +174,8 @@ class InstanceView:
     family: planner.Family
     machine_type: str
     accel: str
+    firmware: Firmware
+    uefi_vars: str | None  # a UEFI VM's own OVMF variable store
     vcpus: int
     memory_mib: int
     status: VmStatus
@@ -188,7 +208,9 @@ class InstanceView:
 def _view(inst: Instance) -> InstanceView:
     return InstanceView(
         id=inst.id, name=inst.name, uuid=inst.uuid, family=planner.Family(inst.family),
-        machine_type=inst.machine_type, accel=inst.accel, vcpus=inst.vcpus,
+        machine_type=inst.machine_type, accel=inst.accel,
+        firmware=Firmware(inst.firmware or Firmware.BIOS.value), uefi_vars=inst.uefi_vars,
+        vcpus=inst.vcpus,
         memory_mib=inst.memory_mib, status=VmStatus(inst.status), pid=inst.pid,
         qmp_socket=inst.qmp_socket, netns=inst.netns, generation=inst.generation,
         extra_args=tuple(inst.extra_args or ()), layout=planner.from_dict(inst.layout),
@@ -354,7 +376,27 @@ class VmService:
             view.id, nic.device, generation)
         return NicDef(nic.device, nic.model, nic.mac, "tap", ifname)
 
+    def _uefi_def(self, view: InstanceView) -> UefiDef | None:
+        if view.firmware is Firmware.BIOS:
+            return None
+        if not view.uefi_vars:
+            raise FirmwareError(f"{view.name} is a UEFI VM without a variable store; "
+                                "delete and re-create it")
+        return UefiDef(str(self.settings.ovmf_code), view.uefi_vars)
+
+    def _check_firmware_files(self, view: InstanceView) -> None:
+        """Before QEMU runs: OVMF installed, and the VM's variable store still there."""
+        uefi = self._uefi_def(view)
+        if uefi is None:
+            return
+        require_ovmf(self.settings.ovmf_code)
+        if not Path(uefi.vars).is_file():
+            raise FirmwareError(
+                f"the UEFI variable store {uefi.vars} of {view.name} is missing; copy "
+                f"{self.settings.ovmf_vars} there to start with empty boot entries")
+
     async def definition(self, view: InstanceView, generation: int) -> MachineDef:
+        """What QEMU runs; the same for a start and a migration destination (firmware too)."""
         extras = parse_extra_args(view.extra_args, view.family, await self.catalog())
         return MachineDef(
             name=view.name, uuid=view.uuid, machine_type=view.machine_type, layout=view.layout,
@@ -362,7 +404,7 @@ class VmService:
             nics=tuple(self._nic_def(view, n, generation) for n in view.nics),
             disks=tuple(DiskDef(d.device, d.path, d.format) for d in view.disks),
             devices=tuple(DeviceDef(d.device, d.kind.value, d.props) for d in view.devices),
-            extras=extras,
+            extras=extras, uefi=self._uefi_def(view),
         )
 
     def _paths(self, view: InstanceView, generation: int) -> RunPaths:
@@ -382,6 +424,10 @@ class VmService:
     # -- create / delete -----------------------------------------------------
 
     async def create(self, spec: CreateSpec) -> InstanceView:
+        firmware = spec.firmware or self.settings.firmware
+        check_memory(firmware, spec.memory_mib)
+        if firmware is Firmware.UEFI:
+            require_ovmf(self.settings.ovmf_code, self.settings.ovmf_vars)
         machine_type = await self.pin_machine_type(spec.family, spec.machine_type)
         extras = parse_extra_args(spec.extra_args, spec.family, await self.catalog())
         with self.db.session() as s:
@@ -392,11 +438,19 @@ class VmService:
         for disk, path in zip(spec.disks, images, strict=True):
             _check_default_image(disk, path)
         made = await self._make_images(spec.disks, images)
+        uuid = str(uuidlib.uuid4())
+        store: str | None = None
         try:
+            if firmware is Firmware.UEFI:
+                vars_file = vars_path(self.settings.image_dir, spec.name, uuid)
+                copy_vars(self.settings.ovmf_vars, vars_file)
+                store = str(vars_file)
+                made.append(store)
             with self.db.session() as s:
                 inst = Instance(
-                    name=spec.name, uuid=str(uuidlib.uuid4()), family=spec.family.value,
-                    machine_type=machine_type, accel=spec.accel, vcpus=spec.vcpus,
+                    name=spec.name, uuid=uuid, family=spec.family.value,
+                    machine_type=machine_type, accel=spec.accel, firmware=firmware.value,
+                    uefi_vars=store, vcpus=spec.vcpus,
                     memory_mib=spec.memory_mib, extra_args=list(spec.extra_args),
                     layout=planner.to_dict(plan.layout), status=VmStatus.STOPPED.value,
                     netns=spec.netns,
@@ -447,6 +501,8 @@ class VmService:
                 raise VmError(f"{name} is {view.status}; stop it first")
             with self.db.session() as s:
                 s.delete(self._get(s, name))
+            if view.uefi_vars:  # the VM's own firmware state: gone with the VM
+                Path(view.uefi_vars).unlink(missing_ok=True)
             if images:
                 for disk in view.disks:
                     if disk.created_image:
@@ -559,6 +615,7 @@ class VmService:
     async def _launch(self, view: InstanceView, generation: int, *, paused: bool = False,
                       incoming: str | None = None) -> QemuProcess:
         """Start one QEMU process for ``view`` and check its buses against the layout."""
+        self._check_firmware_files(view)
         paths = self._paths(view, generation)
         machine = await self.definition(view, generation)
         argv = qemu_argv(machine, RunFiles(paths.qmp_socket, paths.pidfile),
@@ -1089,10 +1146,36 @@ def _unlink(paths: Iterable[str]) -> None:
             os.unlink(path)
 
 
+RUN_DIR_ENV = "FLEETBOOT_VM_RUN_DIR"
+IMAGE_DIR_ENV = "FLEETBOOT_VM_IMAGE_DIR"
+
+
+def vm_settings(settings: Settings, environ: Mapping[str, str] | None = None) -> VmSettings:
+    """The VM settings of a loaded configuration (its ``vm:`` section; paths resolved).
+
+    ``FLEETBOOT_VM_RUN_DIR`` and ``FLEETBOOT_VM_IMAGE_DIR`` override ``vm.run_dir``
+    and ``vm.image_dir`` (one-off commands, tests, the lab); ``image_dir``
+    defaults to ``<state_dir>/vm-images``.
+    """
+    env = os.environ if environ is None else environ
+    cfg = settings.vm
+    image_dir = cfg.image_dir or str(Path(settings.state_dir) / "vm-images")
+    return VmSettings(
+        run_dir=Path(env.get(RUN_DIR_ENV) or cfg.run_dir),
+        image_dir=Path(env.get(IMAGE_DIR_ENV) or image_dir),
+        qemu=cfg.qemu, qemu_img=cfg.qemu_img,
+        unplug_timeout=cfg.unplug_timeout_s, migrate_timeout=cfg.migrate_timeout_s,
+        start_timeout=cfg.start_timeout_s, enumerate_timeout=cfg.enumerate_timeout_s,
+        firmware=Firmware(cfg.firmware),
+    )
+
+
 def default_settings(state_dir: str | None = None) -> VmSettings:
-    """Settings from the environment: FLEETBOOT_VM_RUN_DIR, FLEETBOOT_VM_IMAGE_DIR."""
-    base = Path(state_dir or os.environ.get("FLEETBOOT_STATE_DIR", "."))
-    run_dir = Path(os.environ.get("FLEETBOOT_VM_RUN_DIR", "/run/fleetboot/vm"))
-    image_dir = Path(os.environ.get("FLEETBOOT_VM_IMAGE_DIR", str(base / "vm-images")))
-    return VmSettings(run_dir=run_dir, image_dir=image_dir)
+    """The ``vm:`` defaults without a configuration file, under ``state_dir``.
+
+    Kept for callers that have no :class:`Settings` at hand (``FLEETBOOT_STATE_DIR``
+    stands in for ``state_dir``); prefer :func:`vm_settings`.
+    """
+    base = state_dir or os.environ.get("FLEETBOOT_STATE_DIR", ".")
+    return vm_settings(Settings(state_dir=base).resolve_paths(Path.cwd()))
 

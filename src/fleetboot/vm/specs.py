@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from fleetboot.inventory.addr import normalize_mac
 from fleetboot.vm.errors import VmError
+from fleetboot.vm.firmware import Firmware, check_memory
 from fleetboot.vm.models import DiskBus, NicBackend
 from fleetboot.vm.planner import Family, PoolSizes
 
@@ -145,6 +146,7 @@ class CreateSpec:
     accel: str = "tcg"
     netns: str | None = None
     passthrough: tuple[str, ...] = field(default=())  # host PCI addresses for vfio-pci
+    firmware: Firmware | None = None  # None: the vm.firmware setting (default bios)
 
     def __post_init__(self) -> None:
         check_name(self.name)
@@ -152,6 +154,8 @@ class CreateSpec:
             raise SpecError(f"vcpus {self.vcpus}: use 1 to 64")
         if not 16 <= self.memory_mib <= 1 << 20:
             raise SpecError(f"memory {self.memory_mib} MiB: use 16 MiB or more")
+        if self.firmware is not None:
+            check_memory(self.firmware, self.memory_mib)
         if sum(n.boot for n in self.nics) > 1:
             raise SpecError("more than one NIC has boot set; designate exactly one boot NIC")
         if sum(d.boot for d in self.disks) > 1:
