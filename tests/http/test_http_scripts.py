@@ -193,3 +193,15 @@ async def test_the_script_in_the_shared_source_for_tftp(make_boot: Callable[...,
         raise AssertionError("a non-boot NIC got a script")
     async with boot.client(A_NIC2_IP) as client:
         assert (await client.get("/boot/files/script.ipxe")).status_code == 403
+
+
+async def test_health_says_starting_until_the_inventory_is_loaded(
+        make_boot: Callable[..., Boot]) -> None:
+    boot = make_boot()
+    async with boot.client(A_IP) as client:
+        starting = await client.get("/healthz")
+        assert starting.status_code == 503 and starting.json()["status"] == "starting"
+        await client.get("/boot/script.ipxe")  # loads the view, as the runtime's start does
+        ready = await client.get("/healthz")
+    assert ready.status_code == 200
+    assert ready.json()["status"] == "ok" and ready.json()["inventory_revision"] >= 0

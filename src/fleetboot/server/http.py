@@ -29,6 +29,9 @@ boot cannot follow):
   supports it. Large files wait for a transfer slot (``admission.max_transfers``).
 * ``/metrics`` (GET): every counter and gauge of the process in the Prometheus
   text format, for loopback peers or with the admin token.
+* ``/healthz`` (GET, HEAD): for a supervisor or load balancer. 200 once the
+  inventory view is loaded (and the event loop answered, so it is not stuck),
+  503 while starting; no secrets, open to all.
 
 Every response that completes (or is cut off) emits a :class:`BootEvent`
 (``source="http"``, ``kind`` "script" or "file") with its size and duration.
@@ -44,14 +47,14 @@ import logging
 import socket
 import time
 from collections.abc import Generator, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
 from sqlalchemy.exc import OperationalError
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from fleetboot.boot import ipxe
@@ -92,6 +95,7 @@ log = logging.getLogger(__name__)
 SCRIPT_FILE = "script.ipxe"  # the script's name in the boot-file source (TFTP, /boot/files/)
 PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip", "x-forwarded-host")
 METRICS_PATH = "/metrics"
+HEALTH_PATH = "/healthz"
 
 
 class HttpError(FleetbootError):
@@ -112,6 +116,7 @@ class HttpContext:
     scripts: ScriptService
     gate: TransferGate
     admin_token: str | None = None
+    started: float = field(default_factory=time.monotonic)
 
     def who(self, request: Request) -> tuple[str, str | None]:
         """The TCP peer's address and the MAC leased to it (never from headers)."""
@@ -227,6 +232,16 @@ def _is_loopback(address: str) -> bool:
         return False
 
 
+async def _health(request: Request) -> Response:
+    ctx: HttpContext = request.app.state.fleetboot
+    revision = ctx.scripts.loaded_revision
+    body = {"status": "ok" if revision is not None else "starting",
+            "inventory_revision": revision,
+            "uptime_s": round(time.monotonic() - ctx.started, 1)}
+    return JSONResponse(body, status_code=200 if revision is not None else 503,
+                        headers={"cache-control": "no-store"})
+
+
 async def _metrics(request: Request) -> Response:
     """Every counter and gauge of the process, in the Prometheus text format.
 
@@ -289,6 +304,7 @@ def create_app(
         Route(ipxe.SCRIPT_PATH, _script, methods=["GET", "HEAD"]),
         Route(ipxe.FILES_PATH + "{path:path}", _file, methods=["GET", "HEAD"]),
         Route(METRICS_PATH, _metrics, methods=["GET"]),
+        Route(HEALTH_PATH, _health, methods=["GET", "HEAD"]),
         *extra_routes,
     ]
     app = Starlette(routes=routes)

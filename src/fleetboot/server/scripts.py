@@ -414,6 +414,11 @@ class ScriptService:
 
     name = "scripts"
 
+    @property
+    def loaded_revision(self) -> int | None:
+        """The inventory revision scripts are rendered from; None before the first load."""
+        return self._view.revision if self._view is not None else None
+
     async def start(self) -> None:
         """Load the view before the first node asks (the runtime starts this before HTTP)."""
         await self.reload()
