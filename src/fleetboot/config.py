@@ -189,6 +189,10 @@ class VmConfig(_Section):
     # Firmware of new VMs unless `vm create --firmware` says otherwise: bios (SeaBIOS)
     # or uefi (OVMF, package ovmf). Existing VMs keep the firmware they were created with.
     firmware: Literal["bios", "uefi"] = "bios"
+    # OVMF's code and the variable-store template each UEFI VM copies; None: the files
+    # of Debian's ovmf package (the 4 MiB builds without Secure Boot).
+    ovmf_code: str | None = None
+    ovmf_vars: str | None = None
 
 
 class Settings(_Section):
@@ -214,8 +218,9 @@ class Settings(_Section):
         copy.boot_root = absolute(self.boot_root)
         copy.state_dir = absolute(self.state_dir)
         copy.vm.run_dir = absolute(self.vm.run_dir)
-        if self.vm.image_dir is not None:
-            copy.vm.image_dir = absolute(self.vm.image_dir)
+        for name in ("image_dir", "ovmf_code", "ovmf_vars"):
+            if getattr(self.vm, name) is not None:
+                setattr(copy.vm, name, absolute(getattr(self.vm, name)))
         for field in ("qemu", "qemu_img"):  # a bare name is looked up in PATH
             if "/" in getattr(self.vm, field):
                 setattr(copy.vm, field, absolute(getattr(self.vm, field)))

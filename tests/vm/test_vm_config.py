@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from fleetboot.cli.main import app
 from fleetboot.config import ConfigError, Settings, load_settings
-from fleetboot.vm.firmware import Firmware
+from fleetboot.vm.firmware import OVMF_CODE, OVMF_VARS, Firmware
 from fleetboot.vm.service import IMAGE_DIR_ENV, RUN_DIR_ENV, default_settings, vm_settings
 
 
@@ -39,6 +39,8 @@ vm:
   start_timeout_s: 20
   enumerate_timeout_s: 5
   firmware: uefi
+  ovmf_code: /opt/ovmf/CODE.fd
+  ovmf_vars: ovmf/VARS.fd
 """)
     vm = vm_settings(load_settings(cfg), environ={})
     assert vm.run_dir == tmp_path / "etc" / "run"
@@ -48,6 +50,8 @@ vm:
     assert (vm.unplug_timeout, vm.migrate_timeout) == (3.0, 30.5)
     assert (vm.start_timeout, vm.enumerate_timeout) == (20.0, 5.0)
     assert vm.firmware is Firmware.UEFI
+    assert vm.ovmf_code == Path("/opt/ovmf/CODE.fd")
+    assert vm.ovmf_vars == tmp_path / "etc" / "ovmf" / "VARS.fd"
 
 
 def test_defaults(tmp_path: Path) -> None:
@@ -58,6 +62,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert (vm.unplug_timeout, vm.migrate_timeout, vm.start_timeout,
             vm.enumerate_timeout) == (10.0, 120.0, 60.0, 20.0)
     assert vm.firmware is Firmware.BIOS
+    assert (vm.ovmf_code, vm.ovmf_vars) == (OVMF_CODE, OVMF_VARS)  # Debian's ovmf package
 
 
 @pytest.mark.parametrize(("text", "message"), [

@@ -1167,6 +1167,8 @@ def vm_settings(settings: Settings, environ: Mapping[str, str] | None = None) ->
         unplug_timeout=cfg.unplug_timeout_s, migrate_timeout=cfg.migrate_timeout_s,
         start_timeout=cfg.start_timeout_s, enumerate_timeout=cfg.enumerate_timeout_s,
         firmware=Firmware(cfg.firmware),
+        ovmf_code=Path(cfg.ovmf_code) if cfg.ovmf_code else OVMF_CODE,
+        ovmf_vars=Path(cfg.ovmf_vars) if cfg.ovmf_vars else OVMF_VARS,
     )
 
 
