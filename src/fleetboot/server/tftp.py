@@ -76,6 +76,7 @@ from fleetboot.protocols.tftp.session import (
 from fleetboot.server.directory import LeaseDirectory
 from fleetboot.server.events import BootEvent, EventSink, discard
 from fleetboot.server.metrics import RateLimitedLog
+from fleetboot.server.runtime import freeze_startup_objects, tune_gc_for_packets
 
 log = logging.getLogger(__name__)
 
@@ -696,6 +697,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 async def _serve(settings: TftpSettings) -> None:
     server = TftpServer(settings)
     await server.start()
+    freeze_startup_objects()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(signum, stop.set)
@@ -710,6 +712,7 @@ async def _serve(settings: TftpSettings) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
+    tune_gc_for_packets()  # as `fleetboot serve` does
     ipaddress.ip_address(args.host)  # fail early on a typo
     settings = TftpSettings(root=args.root, host=args.host, port=args.port,
                             max_blksize=args.max_blksize, max_windowsize=args.max_windowsize,
