@@ -47,6 +47,27 @@ def _ago(seconds: float) -> str:
     return f"{seconds / 86400:.0f} d"
 
 
+@app.command("leases")
+@friendly_errors
+def leases(
+    ctx: typer.Context,
+    subnet: str | None = typer.Option(None, "--subnet", help="only this subnet's leases"),
+    expired: bool = typer.Option(False, "--expired", help="also leases that have run out"),
+) -> None:
+    """DHCP leases as the server last stored them: address, MAC, node, expiry."""
+    now = time.time()
+    with state(ctx).db.session() as s:
+        rows = inventory.list_leases(s, now=now, subnet=subnet, include_expired=expired)
+    tab = table("address", "MAC", "node", "hostname", "subnet", "expires",
+                title=f"{len(rows)} lease(s)")
+    for v in rows:
+        left = v.expires - now
+        expiry = Text(f"in {_ago(left)}") if left > 0 else Text(f"{_ago(-left)} ago", "dim")
+        tab.add_row(v.address, v.mac, v.node or Text("unknown", "yellow"), v.hostname or "",
+                    v.subnet or "", expiry)
+    console.print(tab)
+
+
 def _state_text(st: NodeStatus | None, now: float) -> Text:
     if st is None:
         return Text("OFF", style="dim")

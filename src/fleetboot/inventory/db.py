@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine, MetaData, create_engine, event
@@ -61,6 +62,18 @@ def create_schema(engine: Engine) -> None:
     from fleetboot.inventory.migrate import upgrade
 
     upgrade(engine)
+
+
+def epoch_seconds(value: datetime | str | None) -> float:
+    """A stored timestamp as Unix seconds (0 for none). SQLite keeps no zone: we
+    always write UTC, so a naive value is UTC."""
+    if value is None:
+        return 0.0
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.timestamp()
 
 
 class DatabaseUnavailable(FleetbootError):

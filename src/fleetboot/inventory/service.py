@@ -16,10 +16,12 @@ from sqlalchemy.orm import Session, selectinload
 
 from fleetboot.errors import FleetbootError
 from fleetboot.inventory.addr import normalize_mac, parse_ipv4, parse_network
+from fleetboot.inventory.db import epoch_seconds
 from fleetboot.inventory.models import (
     BootAction,
     BootProfile,
     Interface,
+    Lease,
     Node,
     Pool,
     ProfileKind,
@@ -311,3 +313,36 @@ def remove_reservation(session: Session, mac: str) -> None:
     if res is None:
         raise NotFound(f"no reservation for {mac}")
     session.delete(res)
+
+
+# --- leases (read-only: the DHCP server's journal writes them) -------------------------
+
+
+@dataclass(frozen=True)
+class LeaseView:
+    address: str
+    mac: str
+    hostname: str | None
+    node: str | None  # the registered node owning this MAC, if any
+    subnet: str | None
+    starts: float  # Unix seconds
+    expires: float
+
+
+def list_leases(session: Session, *, now: float, subnet: str | None = None,
+                include_expired: bool = False) -> list[LeaseView]:
+    """Leases as the DHCP server last made them durable, in address order."""
+    query = (select(Lease.address, Lease.mac, Lease.hostname, Node.name, Subnet.name,
+                    Lease.starts, Lease.expires)
+             .outerjoin(Subnet, Subnet.id == Lease.subnet_id)
+             .outerjoin(Interface, Interface.mac == Lease.mac)
+             .outerjoin(Node, Node.id == Interface.node_id))
+    if subnet is not None:
+        query = query.where(Lease.subnet_id == get_subnet(session, subnet).id)
+    views = [LeaseView(address, mac, hostname, node, subnet_name, epoch_seconds(starts),
+                       epoch_seconds(expires))
+             for address, mac, hostname, node, subnet_name, starts, expires
+             in session.execute(query)]
+    if not include_expired:
+        views = [v for v in views if v.expires > now]
+    return sorted(views, key=lambda v: ipaddress.IPv4Address(v.address))

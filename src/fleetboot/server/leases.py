@@ -29,7 +29,7 @@ from typing import Any
 from sqlalchemy import Connection, select
 from sqlalchemy.exc import IntegrityError
 
-from fleetboot.inventory.db import Database
+from fleetboot.inventory.db import Database, epoch_seconds
 from fleetboot.inventory.models import Lease as LeaseRow
 from fleetboot.protocols.dhcp.engine import LeaseRecord
 from fleetboot.protocols.dhcp.leases import BOUND, Lease, LeaseInfo, LeaseTable
@@ -60,21 +60,11 @@ def load_leases(db: Database) -> list[Lease]:
         for addr, mac, client_id, hostname, subnet_id, starts, expires in session.execute(query):
             try:
                 out.append(Lease(ip_int(addr), bytes.fromhex(mac.replace(":", "")), BOUND,
-                                 _epoch(expires), subnet_id, _epoch(starts),
+                                 epoch_seconds(expires), subnet_id, epoch_seconds(starts),
                                  bytes.fromhex(client_id) if client_id else None, hostname))
             except ValueError:
                 log.warning("lease row %s/%s is unreadable; ignored", addr, mac)
     return out
-
-
-def _epoch(value: datetime | str | None) -> float:
-    if value is None:
-        return 0.0
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    if value.tzinfo is None:  # SQLite keeps no zone: we always write UTC
-        value = value.replace(tzinfo=UTC)
-    return value.timestamp()
 
 
 class LeaseJournal:
