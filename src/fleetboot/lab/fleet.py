@@ -20,10 +20,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pwd
 import re
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -35,7 +35,7 @@ from typing import Any
 import yaml
 
 from fleetboot.boot.images import IMAGES_DIR, PREFIX_LEN
-from fleetboot.lab.netns import Lab
+from fleetboot.lab.netns import Lab, stop_process
 
 IPXE_DIR = Path("/usr/lib/ipxe")
 BOOT_PROGRAMS = ("undionly.kpxe", "snponly.efi", "ipxe.efi")
@@ -99,6 +99,24 @@ def parse_timeline(output: str) -> list[dict[str, Any]]:
     return events
 
 
+# What `fleetboot serve` needs beyond an ordinary user: ports 67 and 69, DHCP sockets
+# bound to an interface (SO_BINDTODEVICE), ARP entries for unicast replies (SIOCSARP)
+# and large socket buffers (SO_RCVBUFFORCE).
+SERVE_CAPABILITIES = ("net_bind_service", "net_raw", "net_admin")
+
+
+def unprivileged(user: str, workdir: Path) -> list[str]:
+    """A ``setpriv`` prefix: ``user`` and its group, no other groups, and only
+    ``SERVE_CAPABILITIES`` (ambient, so they survive the exec of Python)."""
+    entry = pwd.getpwnam(user)
+    for path in [workdir, *workdir.rglob("*")]:
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+    caps = ",".join(f"+{c}" for c in SERVE_CAPABILITIES)
+    return ["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--clear-groups",
+            f"--inh-caps={caps}", f"--ambient-caps={caps}", f"--bounding-set=-all,{caps}",
+            "--no-new-privs", "--"]
+
+
 def install_boot_programs(boot_root: Path) -> None:
     """Copy Debian's iPXE builds (package ``ipxe``) into the boot root."""
     boot_root.mkdir(parents=True, exist_ok=True)
@@ -134,11 +152,15 @@ class FleetbootServer:
         timeout_s: float = 30.0,
         images: Mapping[str, Path] | None = None,
         setup: Sequence[Sequence[str]] = (),
+        run_as: str | None = None,
     ) -> FleetbootServer:
         """``images`` (name -> file) are stored with ``fleetboot image add`` before the
         inventory is imported (``image_path`` tells where, for the inventory's profiles);
         ``setup`` commands (CLI arguments) run after the import, before the server starts.
-        The admin API gets a random token (``admin_json``) unless ``config`` sets one."""
+        The admin API gets a random token (``admin_json``) unless ``config`` sets one.
+        ``run_as`` (a user name) runs ``serve`` as that user with only the capabilities
+        of ``SERVE_CAPABILITIES``, as ``examples/fleetboot.service`` does; the work
+        directory is handed to the user."""
         workdir.mkdir(parents=True, exist_ok=True)
         boot_root = workdir / "bootroot"
         install_boot_programs(boot_root)
@@ -174,10 +196,13 @@ class FleetbootServer:
             _collect(_spawn(setup, env, workdir))
         ready = workdir / "ready"
         ready.unlink(missing_ok=True)
+        serve = fleetboot_argv("serve", "--ready-file", str(ready))
+        if run_as is not None:
+            serve = unprivileged(run_as, workdir) + serve
         log_path = workdir / "fleetboot.log"
         with open(log_path, "wb") as log:
             process = subprocess.Popen(
-                lab.server.exec_argv(fleetboot_argv("serve", "--ready-file", str(ready))),
+                lab.server.exec_argv(serve),
                 stdout=log, stderr=subprocess.STDOUT, env=env, cwd=workdir,
             )
         security = settings.get("security") or {}
@@ -241,13 +266,7 @@ class FleetbootServer:
             return "(no log)"
 
     def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop_process(self.process, timeout_s=10)
 
     @property
     def running(self) -> bool:
