@@ -295,13 +295,11 @@ class NodeConfigService:
 
     def client_fetched(self, address: str, size: int) -> None:
         """The shell client was downloaded: on the timeline of the node at ``address``."""
-        address = client_address(address)
-        mac = self.directory.mac_for_address(address)
-        docs = self.view.by_mac.get(mac) if mac else None
-        if docs is not None:
-            self._pending.append((docs.node_id, BootEvent(
-                self.clock(), "config", "client", None, address,
-                {"file": CLIENT_PATH, "bytes": size})))
+        event = BootEvent(self.clock(), "config", "client", None, client_address(address),
+                          {"file": CLIENT_PATH, "bytes": size})
+        node_id = self._node_for(event)
+        if node_id is not None:  # strangers may download it too; not on any timeline
+            self._pending.append((node_id, event))
 
     @property
     def fetches(self) -> int:

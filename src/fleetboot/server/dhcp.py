@@ -221,7 +221,6 @@ class DhcpService:
         view = await asyncio.to_thread(self.view_loader)
         rows = await asyncio.to_thread(load_leases, self.db)
         self.leases.load(rows)
-        freeze_startup_objects()  # leases live for the whole run
         self.listeners = open_listeners(self.settings)
         try:
             self.engine = DhcpEngine(
@@ -431,6 +430,7 @@ async def _serve(args: argparse.Namespace) -> None:
 
     service = DhcpService(settings_from_json(args.settings), db, events=sink)
     await service.start()
+    freeze_startup_objects()  # as Runtime.start does in `fleetboot serve`: leases stay
     if args.ready:
         Path(args.ready).write_text("ready\n")
     loop = asyncio.get_running_loop()

@@ -384,15 +384,14 @@ class VmService:
                                 "delete and re-create it")
         return UefiDef(str(self.settings.ovmf_code), view.uefi_vars)
 
-    def _check_firmware_files(self, view: InstanceView) -> None:
+    def _check_firmware_files(self, name: str, uefi: UefiDef | None) -> None:
         """Before QEMU runs: OVMF installed, and the VM's variable store still there."""
-        uefi = self._uefi_def(view)
         if uefi is None:
             return
-        require_ovmf(self.settings.ovmf_code)
+        require_ovmf(Path(uefi.code))
         if not Path(uefi.vars).is_file():
             raise FirmwareError(
-                f"the UEFI variable store {uefi.vars} of {view.name} is missing; copy "
+                f"the UEFI variable store {uefi.vars} of {name} is missing; copy "
                 f"{self.settings.ovmf_vars} there to start with empty boot entries")
 
     async def definition(self, view: InstanceView, generation: int) -> MachineDef:
@@ -615,9 +614,9 @@ class VmService:
     async def _launch(self, view: InstanceView, generation: int, *, paused: bool = False,
                       incoming: str | None = None) -> QemuProcess:
         """Start one QEMU process for ``view`` and check its buses against the layout."""
-        self._check_firmware_files(view)
         paths = self._paths(view, generation)
         machine = await self.definition(view, generation)
+        self._check_firmware_files(view.name, machine.uefi)
         argv = qemu_argv(machine, RunFiles(paths.qmp_socket, paths.pidfile),
                          qemu=self.settings.qemu, paused=paused, incoming=incoming)
         taps = await self._make_taps(view, generation, view.netns)
