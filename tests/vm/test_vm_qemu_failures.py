@@ -4,6 +4,7 @@ consistent."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 from dataclasses import replace
 from pathlib import Path
@@ -287,3 +288,105 @@ async def test_show_only_reads_while_another_command_works(vms: VmService) -> No
             async with vms._locked("b1", timeout=0.1):
                 pass
     assert (await vms.show("b1")).drift is not None
+
+
+def run_files(vms: VmService) -> list[str]:
+    """QEMU's per-process files (.qmp, .pid, .mig) left in the run directory."""
+    return sorted(p.name for p in vms.settings.run_dir.iterdir()
+                  if p.suffix in (".qmp", ".pid", ".mig"))
+
+
+async def test_qemu_killed_during_an_unplug_leaves_no_device_unplugging(vms: VmService) -> None:
+    """Regression: the crash handler used a view read before the unplug intent, so the
+    stopped VM kept its device 'unplugging' for ever, and the command said it was deleted."""
+    await start(vms, "u1", Family.PC)  # paused: the guest never acknowledges the unplug
+    await vms.hotplug_nic("u1", parse_nic("model=e1000"))
+    process = vms.read("u1").process
+    assert process is not None
+
+    async def kill_soon() -> None:
+        await asyncio.sleep(0.5)
+        process.signal(signal.SIGKILL)
+
+    killer = asyncio.create_task(kill_soon())
+    with pytest.raises(QemuGoneError, match=r"exited while unplugging net1.*marked stopped"):
+        await vms.unplug("u1", "net1", timeout=10)
+    await killer
+    view = vms.read("u1")
+    assert view.status is VmStatus.STOPPED
+    assert all(p.state is State.ACTIVE for p in view.layout.placements)
+    assert view.layout.find("net1") is None and view.nic("net1") is None
+    assert run_files(vms) == []  # a killed QEMU removes none of its files itself
+
+
+@pytest.mark.parametrize("action", ["hotplug", "unplug"])
+async def test_commands_after_a_crash_say_qemu_died_and_change_nothing(
+    vms: VmService, action: str,
+) -> None:
+    """Regression: after QEMU died, hotplug/unplug edited the stopped definition, exit 0."""
+    await start(vms, "c1")
+    view = vms.read("c1")
+    assert view.process is not None
+    view.process.signal(signal.SIGKILL)
+    await view.process.wait_gone()
+    with pytest.raises(QemuGoneError, match=r"had exited.*nothing was changed"):
+        if action == "hotplug":
+            await vms.hotplug_nic("c1", parse_nic("model=e1000"))
+        else:
+            await vms.unplug("c1", "disk0")
+    after = vms.read("c1")
+    assert after.status is VmStatus.STOPPED
+    assert after.layout == view.layout and after.nics == view.nics and after.disks == view.disks
+    assert run_files(vms) == []
+    # Said again on the stopped VM, the same command edits its definition, as asked.
+    if action == "hotplug":
+        await vms.hotplug_nic("c1", parse_nic("model=e1000"))
+        assert vms.read("c1").nic("net1") is not None
+
+
+async def test_unplugged_disk_takes_its_image_and_the_next_disk_gets_the_id(
+    vms: VmService,
+) -> None:
+    """Regression: a hot-unplugged disk's image stayed behind, unknown to `vm delete
+    --images`, and the next hotplug failed with '...-disk1.qcow2 exists already'."""
+    await start(vms, "d1")
+    plugged = await vms.hotplug_disk("d1", parse_disk("size=8M"))
+    image = Path(next(d.path for d in vms.read("d1").disks if d.device == plugged.device))
+    assert image.exists()
+    await vms.unplug("d1", plugged.device)
+    assert not image.exists()
+    again = await vms.hotplug_disk("d1", parse_disk("size=8M"))
+    assert again.device == plugged.device and image.exists()
+    view = await vms.show("d1")
+    assert view.drift is not None and view.drift.ok
+
+
+async def test_migration_whose_source_died_does_not_claim_a_rollback(vms: VmService) -> None:
+    """Regression: it said 'rolled back' though the VM was gone; and .mig/.qmp/.pid stayed."""
+    await start(vms, "m1")
+    source = vms.read("m1").process
+    assert source is not None
+    real_migrate = runtime.migrate
+
+    async def source_dies(qmp: Qmp, uri: str, timeout: float) -> dict[str, object]:
+        source.signal(signal.SIGKILL)
+        await source.wait_gone()
+        return await real_migrate(qmp, uri, timeout)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(runtime, "migrate", source_dies)
+        with pytest.raises(QemuGoneError, match=r"nothing to roll back to.*marked stopped") as err:
+            await vms.migrate("m1")
+    assert "rolled back" not in str(err.value)
+    view = vms.read("m1")
+    assert view.status is VmStatus.STOPPED and view.migration_target is None
+    assert run_files(vms) == []
+    assert (await vms.start("m1")).drift is not None
+
+
+async def test_stop_and_migration_leave_no_run_files(vms: VmService) -> None:
+    await start(vms, "r1")
+    await vms.migrate("r1")
+    assert len(run_files(vms)) == 2  # the new process's .qmp and .pid only
+    await vms.stop("r1")
+    assert run_files(vms) == []

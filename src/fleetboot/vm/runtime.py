@@ -112,6 +112,16 @@ class RunPaths:
     def pidfile(self) -> str:
         return str(self.directory / f"{self.stem}.pid")
 
+    @property
+    def migration_socket(self) -> str:
+        return str(self.directory / f"{self.stem}.mig")
+
+    def remove(self) -> None:
+        """Delete what a QEMU process that is gone left behind (a killed one removes nothing)."""
+        for path in (self.qmp_socket, self.pidfile, self.migration_socket):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
     def check(self) -> None:
         if len(self.qmp_socket) > MAX_SOCKET_PATH:
             raise QemuError(
@@ -154,9 +164,7 @@ async def launch(argv: Sequence[str], paths: RunPaths, netns: str | None = None,
     """Run QEMU with ``-daemonize``: returns once the VM exists and its QMP socket listens."""
     paths.check()
     paths.directory.mkdir(parents=True, exist_ok=True)
-    for stale in (paths.qmp_socket, paths.pidfile):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(stale)
+    paths.remove()  # stale files of a process that died
     full = ["ip", "netns", "exec", netns, *argv] if netns else list(argv)
     try:
         proc = await asyncio.create_subprocess_exec(

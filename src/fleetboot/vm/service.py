@@ -289,7 +289,11 @@ class VmService:
             self._get(s, name).layout = planner.to_dict(layout)
 
     def _drop(self, name: str, devices: Iterable[str]) -> None:
-        """Release the devices' slots and delete their rows (QEMU no longer has them)."""
+        """Release the devices' slots and delete their rows (QEMU no longer has them).
+
+        An image Fleetboot created for a dropped disk goes with it: nothing else
+        refers to it, and it would block the next disk that gets the same id.
+        """
         gone = set(devices)
         if not gone:
             return
@@ -302,8 +306,10 @@ class VmService:
                     layout = planner.remove(layout, device)
             inst.layout = planner.to_dict(layout)
             inst.nics = [n for n in inst.nics if n.device_id not in gone]
+            created = [d.path for d in inst.disks if d.device_id in gone and d.created_image]
             inst.disks = [d for d in inst.disks if d.device_id not in gone]
             inst.devices = [d for d in inst.devices if d.device_id not in gone]
+        _unlink(created)
 
     def _set_states(self, name: str, devices: Iterable[str], state: State) -> None:
         with self.db.session() as s:
@@ -546,10 +552,27 @@ class VmService:
 
     async def _crashed(self, view: InstanceView, reason: str) -> None:
         """QEMU is gone: the instance is stopped; pending plugs and unplugs are void/done."""
+        view = self.read(view.name)  # the caller's view may predate a plug/unplug intent
         pending = [p.device for p in view.layout.placements if p.state is not State.ACTIVE]
+        await self._delete_taps(view, None, view.generation)
         self._drop(view.name, pending)
         self._mark_stopped(view.name, reason)
-        await self._delete_taps(view, None, view.generation)
+        self._paths(view, view.generation).remove()
+
+    async def _sync_alive(self, name: str, action: str) -> InstanceView:
+        """:meth:`sync`, refusing to go on if it found that QEMU had died meanwhile.
+
+        Otherwise a hotplug meant for the running guest would quietly become an edit
+        of the stopped VM's definition.
+        """
+        was = self.read(name).status
+        view = await self.sync(name)
+        if was is VmStatus.RUNNING and view.status is VmStatus.STOPPED:
+            raise QemuGoneError(
+                f"cannot {action}: QEMU of {name} had exited ({view.last_error}); {name} is "
+                "now marked stopped and nothing was changed. Start it again, or repeat the "
+                "command to change the stopped VM's definition")
+        return view
 
     async def _finalize_pending(self, view: InstanceView) -> InstanceView:
         """Before a fresh start: an unfinished plug did not happen, an unfinished unplug did."""
@@ -655,6 +678,7 @@ class VmService:
                 await runtime.quit_qemu(process)
                 await self._delete_taps(view, None, view.generation)
                 self._mark_stopped(name, None)
+                self._paths(view, view.generation).remove()
                 await self._finalize_pending(self.read(name))
         return self.read(name)
 
@@ -690,7 +714,7 @@ class VmService:
     async def hotplug_nic(self, name: str, spec: NicSpec,
                           after_step: StepHook | None = None) -> HotplugResult:
         async with self._locked(name):
-            view = await self.sync(name)
+            view = await self._sync_alive(name, "hot-plug a NIC")
             running = view.status is VmStatus.RUNNING
             if spec.boot and running:
                 raise VmError("designate the boot NIC while the VM is stopped: its option ROM "
@@ -704,7 +728,7 @@ class VmService:
     async def hotplug_disk(self, name: str, spec: DiskSpec,
                            after_step: StepHook | None = None) -> HotplugResult:
         async with self._locked(name):
-            view = await self.sync(name)
+            view = await self._sync_alive(name, "hot-plug a disk")
             running = view.status is VmStatus.RUNNING
             if spec.boot and running:
                 raise VmError("mark a boot disk while the VM is stopped (boot order is ABI)")
@@ -816,11 +840,9 @@ class VmService:
     async def _rollback_plug(self, view: InstanceView, devices: Sequence[str],
                              failure: Exception) -> VmError:
         """Undo the intent of a failed plug; the error to raise says what happened."""
-        created = [d.path for d in (view.disk(x) for x in devices) if d and d.created_image]
         process = view.process
         if process is None or not process.alive() or _gone(failure):
             await self._crashed(view, f"QEMU exited while hot-plugging {', '.join(devices)}")
-            _unlink(created)
             return QemuGoneError(
                 f"QEMU went away while hot-plugging {', '.join(devices)} ({failure}); "
                 f"{view.name} is marked stopped and the device was not added"
@@ -830,8 +852,6 @@ class VmService:
         self._set_states(view.name, stuck, State.UNPLUGGING)
         self._drop(view.name, [d for d in devices if d not in stuck])
         await self._delete_taps(view, [d for d in devices if d not in stuck], view.generation)
-        if not stuck:
-            _unlink(created)
         note = (f"; the guest has not released {', '.join(stuck)} yet, so its slot stays held "
                 "until QEMU reports it gone") if stuck else ""
         return VmError(f"hotplug into {view.name} failed and was rolled back: {failure}{note}")
@@ -840,7 +860,7 @@ class VmService:
 
     async def unplug(self, name: str, device: str, timeout: float | None = None) -> UnplugResult:
         async with self._locked(name):
-            view = await self.sync(name)
+            view = await self._sync_alive(name, f"unplug {device}")
             placement = view.layout.get(device)
             if placement.kind is Kind.SCSI_CONTROLLER:
                 planner.remove(view.layout, device)  # raises while disks remain
@@ -866,7 +886,9 @@ class VmService:
                     await self._del_backend(qmp, view, device)
         except QemuGoneError:
             await self._crashed(view, f"QEMU exited while unplugging {device}")
-            return UnplugOutcome.DELETED
+            raise QemuGoneError(
+                f"QEMU exited while unplugging {device}: {view.name} is marked stopped, and "
+                f"{device} is no longer in its definition") from None
         if outcome is UnplugOutcome.DELETED:
             self._drop(view.name, [device])
             await self._delete_taps(view, [device], view.generation)
@@ -898,7 +920,7 @@ class VmService:
                               "cannot open at once; use backend=bridge:NAME for VMs that migrate")
             generation = view.generation + 1
             paths = self._paths(view, generation)
-            uri = (f"unix:{paths.directory / (paths.stem + '.mig')}" if transport == "unix"
+            uri = (f"unix:{paths.migration_socket}" if transport == "unix"
                    else "tcp:127.0.0.1:0")
             started = time.monotonic()
             target = await self._launch(view, generation, incoming=uri)
@@ -906,10 +928,16 @@ class VmService:
             try:
                 stats, report = await self._run_migration(view, source, target, uri)
             except Exception as exc:
-                await self._abort_migration(view, target, generation)
-                raise VmError(f"migration of {name} failed and was rolled back: {exc}") from None
+                if await self._abort_migration(view, target, generation):
+                    raise VmError(f"migration of {name} failed and was rolled back: {exc}; "
+                                  "it runs on as before") from None
+                raise QemuGoneError(
+                    f"migration of {name} failed: {exc}; its source QEMU had exited, so there "
+                    f"was nothing to roll back to: {name} is marked stopped") from None
             await runtime.quit_qemu(source)
             await self._delete_taps(view, None, view.generation)
+            self._paths(view, view.generation).remove()
+            Path(paths.migration_socket).unlink(missing_ok=True)
             with self.db.session() as s:
                 inst = self._get(s, name)
                 inst.status = VmStatus.RUNNING.value
@@ -939,10 +967,14 @@ class VmService:
             return info, report
 
     async def _abort_migration(self, view: InstanceView, target: QemuProcess,
-                               generation: int) -> None:
-        """Kill the destination; resume the source if the migration had stopped it."""
+                               generation: int) -> bool:
+        """Kill the destination; resume the source if the migration had stopped it.
+
+        True if the source still runs, False if it had died too (the VM is stopped).
+        """
         await runtime.quit_qemu(target)
         await self._delete_taps(view, None, generation)
+        self._paths(view, generation).remove()
         source = view.process
         if source is not None and source.alive():
             with contextlib.suppress(QemuError):
@@ -952,8 +984,9 @@ class VmService:
             with self.db.session() as s:
                 inst = self._get(s, view.name)
                 inst.status, inst.migration_target = VmStatus.RUNNING.value, None
-        else:
-            self._mark_stopped(view.name, "QEMU exited during a migration")
+            return True
+        await self._crashed(view, "QEMU exited during a migration")
+        return False
 
     async def _recover_migration(self, view: InstanceView) -> None:
         """A migration was interrupted (this process died): keep whichever side runs."""
