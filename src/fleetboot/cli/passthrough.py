@@ -62,6 +62,10 @@ def _instance(db: Database, text: str) -> tuple[str, str | None]:
     return uid, None
 
 
+def _vms(ctx: typer.Context, db: Database) -> VmService:
+    return VmService(db, vm_settings(state(ctx).settings))
+
+
 def _numa(node: int | None) -> str:
     return "-" if node is None else str(node)
 
@@ -317,11 +321,12 @@ def vm_attach(
     `fleetboot vm` (stopped), put its vfio devices into the VM's passthrough pool."""
     db = _db(ctx, db_url)
     uid, vm_name = _instance(db, instance)
-    att = claims.attach(db, uid)
+    if vm_name is not None:
+        att, added = asyncio.run(vmlayout.attach_to_vm(_vms(ctx, db), db, vm_name))
+    else:
+        att, added = claims.attach(db, uid), []
     _devices_table(att.devices, f"attached on {att.host}")
     if vm_name is not None:
-        service = VmService(db, vm_settings(state(ctx).settings))
-        added = asyncio.run(vmlayout.attach_to_vm(service, db, vm_name))
         console.print(f"VM {vm_name}: {', '.join(added) or 'no new'} vfio device(s) placed")
     for name, text in att.networks:
         console.print(f"network {name}")
@@ -334,9 +339,14 @@ def vm_attach(
 @vm_passthrough_app.command("release")
 @friendly_errors
 def vm_release(ctx: typer.Context, instance: str, db_url: str | None = DB_OPTION) -> None:
-    """Free the instance's devices and delete their networks."""
+    """Free the instance's devices and delete their networks (a VM of `fleetboot vm` must
+    be stopped; its vfio devices leave its definition)."""
     db = _db(ctx, db_url)
-    freed = claims.release(db, _instance(db, instance)[0])
+    uid, vm_name = _instance(db, instance)
+    if vm_name is not None:
+        freed = asyncio.run(vmlayout.release_from_vm(_vms(ctx, db), db, vm_name))
+    else:
+        freed = claims.release(db, uid)
     console.print(f"released {len(freed)} device(s)" + (": " + ", ".join(freed) if freed else ""))
 
 
@@ -374,16 +384,26 @@ def vm_pci_migrate(
 ) -> None:
     """Move the instance's network ports to equivalent devices on another host."""
     db = _db(ctx, db_url)
-    instance = _instance(db, instance)[0]
+    uid, vm_name = _instance(db, instance)
     if abort:
-        freed = migration.abort(db, instance)
+        freed = migration.abort(db, uid)
         console.print(f"aborted: released {len(freed)} incoming device(s)")
         return
     if to is None:
         raise typer.BadParameter("give the target host with --to HOST (or --abort)")
-    result = migration.migrate(db, instance, to,
-                               on_step=lambda step: console.print(f"  {step}: ok"))
+    if vm_name is not None:
+        # Its QEMU would keep the old host devices open: move the VM while it is stopped.
+        asyncio.run(_vms(ctx, db).require_stopped(vm_name, "moving its passthrough ports"))
+    # Nothing runs that could move: say so instead of a transfer "ok" that did nothing.
+    moved_by = ("nothing to move: the VM is stopped; its devices follow below"
+                if vm_name is not None else
+                "not done by Fleetboot: the instance's own manager moves the guest")
+    result = migration.migrate(db, uid, to, on_step=lambda step: console.print(
+        f"  {step}: {moved_by if step == 'transfer' else 'ok'}"))
     for port, src, dst in result.plan.moves:
         console.print(f"port {port}: {result.plan.source} {src} -> {to} {dst}")
+    if vm_name is not None:
+        for line in asyncio.run(vmlayout.follow_migration(_vms(ctx, db), db, vm_name)):
+            console.print(f"VM {vm_name}: {line}")
     console.print(f"migrated to [bold]{to}[/]; domain XML unchanged; "
                   f"{len(result.released_networks)} source network(s) deleted")

@@ -338,8 +338,14 @@ def attach(db: Database, instance_uuid: str) -> Attachment:
 def allocate(session: Session, row: PassthroughClaim) -> None:
     flipped = _rowcount(session, update(PassthroughDevice)
                         .where(PassthroughDevice.id == row.device_id,
-                               PassthroughDevice.state == DeviceState.CLAIMED)
+                               PassthroughDevice.state == DeviceState.CLAIMED,
+                               PassthroughDevice.present.is_(True))
                         .values(state=DeviceState.ALLOCATED))
+    if flipped != 1 and not row.device.present:
+        raise ClaimError(
+            f"{row.device.address} on {row.device.host.name} is absent (the last scan did not "
+            f"find it): release it with `fleetboot vm release {row.instance_uuid}` and claim "
+            "again, or rescan the host once the device is back")
     if flipped != 1:
         raise ClaimError(f"{row.device.address} is no longer claimed for {row.instance_uuid}")
     row.state = ClaimState.ALLOCATED

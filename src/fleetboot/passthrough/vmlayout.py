@@ -9,12 +9,13 @@ behind a hostdev network. macvtap ports are NICs of the guest, not vfio.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from fleetboot.inventory.db import Database
-from fleetboot.passthrough.claims import instance_devices
+from fleetboot.passthrough import claims
+from fleetboot.passthrough.claims import Attachment, instance_devices
 from fleetboot.passthrough.errors import PassthroughError
 from fleetboot.passthrough.placement import is_vfio
 from fleetboot.vm import planner
@@ -45,11 +46,17 @@ class VfioDevice:
 
 
 class VmPassthroughApi(Protocol):
-    """What :func:`attach_to_vm` needs of ``fleetboot.vm.service.VmService``."""
+    """What this module needs of ``fleetboot.vm.service.VmService``."""
 
     def read(self, name: str) -> Any: ...
 
+    async def require_stopped(self, name: str, action: str) -> Any: ...
+
     async def add_passthrough(self, name: str, host: str, device: str | None = None) -> str: ...
+
+    async def remove_passthrough(self, name: str, devices: Iterable[str]) -> None: ...
+
+    async def move_passthrough(self, name: str, hosts: Mapping[str, str]) -> None: ...
 
 
 def vfio_devices(db: Database, instance_uuid: str) -> list[VfioDevice]:
@@ -95,16 +102,47 @@ def device_args(layout: planner.Layout, devices: Sequence[VfioDevice]) -> list[s
     return args
 
 
-async def attach_to_vm(service: VmPassthroughApi, db: Database, vm_name: str) -> list[str]:
-    """Put the VM's claimed vfio devices into its stored layout (VM stopped).
+async def attach_to_vm(service: VmPassthroughApi, db: Database,
+                       vm_name: str) -> tuple[Attachment, list[str]]:
+    """Allocate the VM's claimed devices and put its vfio devices into its stored layout.
 
-    The claims are looked up by the VM's UUID; devices the VM already has (same
-    port id) are left alone. Returns the ids added.
+    The VM must be stopped, checked before anything is allocated. The claims are
+    looked up by the VM's UUID; devices the VM already has (same port id) are left
+    alone. Returns the attachment and the ids added.
     """
-    view = service.read(vm_name)
+    view = await service.require_stopped(vm_name, "attaching passthrough devices")
+    attachment = claims.attach(db, view.uuid)
     present = {d.device for d in view.devices}
     added = []
     for dev in vfio_devices(db, view.uuid):
         if dev.device_id not in present:
             added.append(await service.add_passthrough(vm_name, dev.host_address, dev.device_id))
-    return added
+    return attachment, added
+
+
+def _owned(view: Any) -> list[Any]:
+    """The VM's vfio devices that came from passthrough claims (``ptdev<port>``)."""
+    return [d for d in view.devices if _OWNED_ID.match(d.device)]
+
+
+async def release_from_vm(service: VmPassthroughApi, db: Database, vm_name: str) -> list[str]:
+    """Free the VM's claims and take their vfio devices out of it (VM stopped, checked
+    first: a running guest still holds the host devices)."""
+    view = await service.require_stopped(vm_name, "releasing its passthrough devices")
+    freed = claims.release(db, view.uuid)
+    await service.remove_passthrough(vm_name, [d.device for d in _owned(view)])
+    return freed
+
+
+async def follow_migration(service: VmPassthroughApi, db: Database, vm_name: str) -> list[str]:
+    """After a passthrough migration: point the VM's vfio devices at the new host devices.
+
+    Returns ``device: old -> new`` lines for what changed.
+    """
+    view = service.read(vm_name)
+    now = {d.device_id: d.host_address for d in vfio_devices(db, view.uuid)}
+    moved = {d.device: now[d.device] for d in _owned(view)
+             if d.device in now and d.props.get("host") != now[d.device]}
+    await service.move_passthrough(vm_name, moved)
+    return [f"{dev}: {next(d.props.get('host') for d in view.devices if d.device == dev)} "
+            f"-> {host}" for dev, host in sorted(moved.items())]

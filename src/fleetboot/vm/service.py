@@ -1019,12 +1019,18 @@ class VmService:
 
     # -- passthrough (the passthrough concern calls this) ------------------------
 
+    async def require_stopped(self, name: str, action: str) -> InstanceView:
+        """The VM's view, or a :class:`VmError` saying to stop it before ``action``."""
+        view = await self.sync(name)
+        if view.status is not VmStatus.STOPPED:
+            raise VmError(f"{name} is {view.status}: stop it before {action} "
+                          f"(fleetboot vm stop {name})")
+        return view
+
     async def add_passthrough(self, name: str, host: str, device: str | None = None) -> str:
         """Give the stopped VM a vfio-pci function in the passthrough pool; its id."""
         async with self._locked(name):
-            view = await self.sync(name)
-            if view.status is not VmStatus.STOPPED:
-                raise VmError(f"stop {name} before attaching a passthrough device")
+            await self.require_stopped(name, "attaching a passthrough device")
             with self.db.session() as s:
                 inst = self._get(s, name)
                 layout = planner.from_dict(inst.layout)
@@ -1034,6 +1040,24 @@ class VmService:
                                               props={"host": host}))
                 inst.layout = planner.to_dict(layout)
             return device
+
+    async def remove_passthrough(self, name: str, devices: Iterable[str]) -> None:
+        """Take vfio devices out of the stopped VM (their host devices were released)."""
+        async with self._locked(name):
+            await self.require_stopped(name, "releasing its passthrough devices")
+            self._drop(name, devices)
+
+    async def move_passthrough(self, name: str, hosts: Mapping[str, str]) -> None:
+        """Point the stopped VM's vfio devices (id -> host address) at other host devices.
+
+        The guest slots stay: the ids are the instance's ports, not host addresses.
+        """
+        async with self._locked(name):
+            await self.require_stopped(name, "moving its passthrough devices")
+            with self.db.session() as s:
+                for row in self._get(s, name).devices:
+                    if row.device_id in hosts:
+                        row.props = {**(row.props or {}), "host": hosts[row.device_id]}
 
 
 # ---------------------------------------------------------------------------
