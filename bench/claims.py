@@ -38,8 +38,11 @@ def _claims_per_second(db: Database, root: Path) -> tuple[float, int]:
     db.create_schema()
     for h in range(HOSTS):
         hosts.scan_host(db, f"h{h}", root)
+    vf = Flavor.create("vf", vendor="8086", products=["154c"])
     with db.session() as s:
-        catalog.add_flavor(s, Flavor.create("vf", vendor="8086", products=["154c"]))
+        catalog.add_flavor(s, vf)
+    for h in range(HOSTS):
+        hosts.allow_devices(db, f"h{h}", vf)
     total = HOSTS * PFS * VFS
     request = parse_requests("1 x vf")
 

@@ -55,6 +55,9 @@ def build_fleet(db: Database, tmp_path: Path) -> Fleet:
     with db.session() as session:
         for flavor in example_flavors():
             catalog.add_flavor(session, flavor)
+    for which in ("a", "b"):  # every example device that a flavor names may be passed through
+        for vendor in ("10de", "8086", "15b3"):
+            hosts.allow_devices(db, f"compute-{which}", Flavor.create("allow", vendor=vendor))
     return Fleet(db, roots, fakes)
 
 

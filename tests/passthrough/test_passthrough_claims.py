@@ -100,7 +100,8 @@ def test_pf_and_vfs_exclude_each_other(fleet: Fleet) -> None:
     states = _states(fleet.db, "compute-a")
     assert {states[f"0000:3b:02.{i}"] for i in range(4)} == {"unavailable"}
     assert states["0000:3b:0a.0"] == "available"  # the other PF's VFs are untouched
-    with pytest.raises(NoHostError, match=r"4 blocked \(its PF or a VF is in use\)"):
+    with pytest.raises(NoHostError,
+                       match=r"4 blocked \(its PF, a VF or an IOMMU group mate is in use\)"):
         claims.claim(fleet.db, OTHER, R("1 x sriov-physnet1"), host="compute-a")
     claims.release(fleet.db, INSTANCE)
     # Now the other way round: a VF in use blocks its PF.

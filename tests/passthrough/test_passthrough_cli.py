@@ -56,8 +56,15 @@ def test_end_to_end(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def
     cli("flavor", "add", "gpu-a100", "--vendor", "10de", "--product", "20b0")
     out = cli("flavor", "add", "sriov-physnet1", "--class", "02", "--type", "vf",
               "--tag", "physical_network=physnet1")
-    assert "compute-a 4/4, compute-b 2/2" in out
+    assert "compute-a 0/4, compute-b 0/2" in out  # matching, none allowed yet
     cli("flavor", "add", "mlx-netdev", "--vendor", "15b3", "--driver", "mlx5_core")
+    out = cli("host", "devices", "compute-a")
+    assert "not allowed for passthrough" in out and "nothing yet (fleetboot host allow" in out
+    for host in ("compute-a", "compute-b"):
+        out = cli("host", "allow", host, "gpu-a100", "sriov-physnet1", "mlx-netdev")
+        assert f"{host}: allowed class=02* type=vf physical_network=physnet1" in out
+    out = cli("host", "devices", "compute-a")
+    assert "1) vendor=10de product=20b0" in out and "3) vendor=15b3" in out
     out = cli("flavor", "add", "slot3b", "--address-glob", "0000:3b:*")
     assert "rarely equivalent" in out
     out = cli("flavor", "list")
@@ -97,6 +104,8 @@ def test_errors_are_one_line(cli, tmp_path: Path) -> None:  # type: ignore[no-un
                                                                    "1 x gpu", code=2)
     assert "is not like '2 x gpu-a100'" in cli("vm", "claim", INSTANCE, "2 x a b", code=2)
     assert "--to HOST" in cli("vm", "pci-migrate", INSTANCE, code=2)
+    cli("host", "scan", "compute-a", "--sysfs", str(tmp_path / "a"))
+    assert "has 0 allow rule(s)" in cli("host", "disallow", "compute-a", "1", code=2)
 
 
 @pytest.mark.qemu
@@ -111,6 +120,7 @@ def test_vm_by_name(cli, tmp_path: Path,  # type: ignore[no-untyped-def]
     try:
         cli("host", "scan", "compute-a", "--sysfs", str(tmp_path / "a"))
         cli("flavor", "add", "gpu-a100", "--vendor", "10de", "--product", "20b0")
+        cli("host", "allow", "compute-a", "gpu-a100")
         db = Database(os.environ["FLEETBOOT_DB"])
         service = VmService(db, default_settings())
         view = asyncio.run(service.create(CreateSpec(name="gpu-vm")))

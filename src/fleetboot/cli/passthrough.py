@@ -153,6 +153,42 @@ def host_devices(
                         ",".join(r.netdevs), " ".join(f"{k}={t}" for k, t in v.attrs.tags),
                         ",".join(sorted(v.flavors)), status)
         console.print(tab)
+        rules = hosts.allowlist(hosts.get_host(s, name))
+        console.print("allowed for passthrough: " + ("; ".join(
+            f"{i}) {r.describe()}" for i, r in enumerate(rules, 1)) or
+            f"nothing yet (fleetboot host allow {name} FLAVOR...)"))
+
+
+@host_app.command("allow")
+@friendly_errors
+def host_allow(
+    ctx: typer.Context,
+    name: str,
+    flavors: list[str] = typer.Argument(..., help="flavors whose devices may be passed "
+                                        "through on this host (their criteria are copied)"),
+    db_url: str | None = DB_OPTION,
+) -> None:
+    """Allow devices for passthrough on a host: nothing is, until allowed here (like
+    Nova's device_spec). Devices the host itself uses never are."""
+    db = _db(ctx, db_url)
+    for flavor in flavors:
+        with db.session() as s:
+            rule = catalog.get_flavor(s, flavor)
+        allowed = hosts.allow_devices(db, name, rule)
+        console.print(f"{name}: allowed {rule.describe()} ({len(allowed)} device(s))")
+
+
+@host_app.command("disallow")
+@friendly_errors
+def host_disallow(
+    ctx: typer.Context, name: str,
+    rule: int = typer.Argument(..., help="rule number, as `host devices` lists them"),
+    db_url: str | None = DB_OPTION,
+) -> None:
+    """Remove a rule from a host's passthrough allowlist (claims already made stay)."""
+    removed = hosts.disallow_devices(_db(ctx, db_url), name, rule)
+    console.print(f"{name}: removed allow rule {rule} "
+                  f"({Flavor.from_dict('allow', removed).describe()})")
 
 
 @host_app.command("tag")

@@ -339,13 +339,18 @@ def allocate(session: Session, row: PassthroughClaim) -> None:
     flipped = _rowcount(session, update(PassthroughDevice)
                         .where(PassthroughDevice.id == row.device_id,
                                PassthroughDevice.state == DeviceState.CLAIMED,
-                               PassthroughDevice.present.is_(True))
+                               PassthroughDevice.present.is_(True),
+                               PassthroughDevice.host_use.is_(None))
                         .values(state=DeviceState.ALLOCATED))
     if flipped != 1 and not row.device.present:
         raise ClaimError(
             f"{row.device.address} on {row.device.host.name} is absent (the last scan did not "
             f"find it): release it with `fleetboot vm release {row.instance_uuid}` and claim "
             "again, or rescan the host once the device is back")
+    if flipped != 1 and row.device.host_use:
+        raise ClaimError(f"{row.device.address} on {row.device.host.name} is used by the host "
+                         f"({row.device.host_use}); release it with `fleetboot vm release "
+                         f"{row.instance_uuid}`")
     if flipped != 1:
         raise ClaimError(f"{row.device.address} is no longer claimed for {row.instance_uuid}")
     row.state = ClaimState.ALLOCATED

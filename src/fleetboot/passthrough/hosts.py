@@ -12,12 +12,14 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from fleetboot.inventory.db import Database
-from fleetboot.passthrough import sysfs
+from fleetboot.passthrough import hostuse, sysfs
 from fleetboot.passthrough.errors import HostError
 from fleetboot.passthrough.flavors import (
     DeviceAttrs,
@@ -38,7 +40,9 @@ from fleetboot.passthrough.pci import normalize_address
 from fleetboot.passthrough.placement import USABLE, Candidate, attach_kind
 
 ABSENT = "absent"
-BLOCKED = "blocked (its PF or a VF is in use)"
+BLOCKED = "blocked (its PF, a VF or an IOMMU group mate is in use)"
+NOT_ALLOWED = "not allowed for passthrough (see `fleetboot host allow`)"
+BRIDGE_CLASS_PREFIX = "0604"  # PCI bridges share groups harmlessly: never handed out
 
 
 def _now() -> datetime:
@@ -106,17 +110,39 @@ def _facts(dev: sysfs.PciDevice) -> dict[str, object]:
 
 
 def scan_host(
-    db: Database, name: str, root: str | os.PathLike[str] = "/sys", now: datetime | None = None
+    db: Database, name: str, root: str | os.PathLike[str] = "/sys", now: datetime | None = None,
+    proc_root: str | os.PathLike[str] | None = None,
 ) -> ScanReport:
-    """Read ``root`` (outside any transaction) and record it as host ``name``."""
+    """Read ``root`` (outside any transaction) and record it as host ``name``.
+
+    ``proc_root`` is the same host's ``/proc`` (mounts, routes); by default
+    ``/proc`` when ``root`` is this machine's ``/sys``, else none.
+    """
     validate_name(name, "host")
     result = sysfs.scan(root)
+    if proc_root is None and os.path.realpath(root) == "/sys":
+        proc_root = "/proc"
+    uses = hostuse.host_use(root, proc_root) if proc_root is not None else (
+        hostuse.console_devices(Path(root)))
     with db.session() as session:
-        return record_scan(session, name, result, now or _now())
+        return record_scan(session, name, result, now or _now(), uses)
+
+
+def _group_uses(devices: Sequence[sysfs.PciDevice], uses: Mapping[str, str]) -> dict[str, str]:
+    """Host uses, spread over IOMMU groups: vfio takes a whole group or nothing."""
+    groups = {d.address: d.iommu_group for d in devices
+              if not d.class_code.startswith(BRIDGE_CLASS_PREFIX)}
+    spread = dict(uses)
+    for address, reason in uses.items():
+        for mate in hostuse.group_mates(groups, address):
+            spread.setdefault(mate, f"shares IOMMU group {groups[address]} with {address}, "
+                                    f"which the host uses ({reason})")
+    return spread
 
 
 def record_scan(
-    session: Session, name: str, result: sysfs.ScanResult, now: datetime
+    session: Session, name: str, result: sysfs.ScanResult, now: datetime,
+    uses: Mapping[str, str] | None = None,
 ) -> ScanReport:
     host = session.scalar(select(PassthroughHost).where(PassthroughHost.name == name))
     new_host = host is None
@@ -129,16 +155,22 @@ def record_scan(
     report = ScanReport(name, devices=len(result.devices), new_host=new_host,
                         problems=list(result.problems))
     rows = {d.address: d for d in host.devices}
+    host_uses = _group_uses(result.devices, uses or {})
     seen = set()
     for dev in result.devices:
         seen.add(dev.address)
         row = rows.get(dev.address)
         if row is None:
-            host.devices.append(PassthroughDevice(address=dev.address, **_facts(dev),
-                                                  first_seen=now, last_seen=now))
+            row = PassthroughDevice(address=dev.address, **_facts(dev), first_seen=now,
+                                    last_seen=now)
+            host.devices.append(row)
             report.added.append(dev.address)
         else:
             _update_row(row, dev, now, report)
+        row.host_use = host_uses.get(dev.address)
+        if row.host_use and row.state in IN_USE:
+            row.conflict = f"claimed device is used by the host: {row.host_use}"
+            report.conflicts.append(f"{dev.address}: {row.conflict}")
     for address, row in sorted(rows.items()):
         if address not in seen and row.present:
             row.present = False
@@ -175,22 +207,29 @@ def _update_row(row: PassthroughDevice, dev: sysfs.PciDevice, now: datetime,
 
 
 def refresh_exclusion(session: Session, host_id: int) -> None:
-    """Re-derive ``unavailable``: a PF with a VF in use, a VF whose PF is in use.
+    """Re-derive ``unavailable``: a PF with a VF in use, a VF whose PF is in use, and any
+    other member of an IOMMU group one of whose devices is in use (vfio hands a group
+    to one owner; bridges excepted).
 
     Idempotent; call it under the host lock after anything that changes use.
     """
     rows = session.execute(
         select(PassthroughDevice.id, PassthroughDevice.address, PassthroughDevice.pf_address,
-               PassthroughDevice.state).where(PassthroughDevice.host_id == host_id)
+               PassthroughDevice.state, PassthroughDevice.iommu_group,
+               PassthroughDevice.class_code).where(PassthroughDevice.host_id == host_id)
     ).all()
     in_use = {r.address for r in rows if r.state in IN_USE}
     pfs_with_vfs_in_use = {r.pf_address for r in rows if r.pf_address and r.address in in_use}
+    groups_in_use = {r.iommu_group for r in rows
+                     if r.address in in_use and r.iommu_group is not None}
     blocked: list[int] = []
     free: list[int] = []
     for r in rows:
         if r.state in IN_USE:
             continue
-        is_blocked = r.address in pfs_with_vfs_in_use or (r.pf_address in in_use)
+        is_blocked = (r.address in pfs_with_vfs_in_use or (r.pf_address in in_use)
+                      or (r.iommu_group in groups_in_use
+                          and not r.class_code.startswith(BRIDGE_CLASS_PREFIX)))
         wanted = DeviceState.UNAVAILABLE if is_blocked else DeviceState.AVAILABLE
         if r.state != wanted:
             (blocked if is_blocked else free).append(r.id)
@@ -246,14 +285,19 @@ def device_attrs(row: PassthroughDevice, pf: PassthroughDevice | None) -> Device
     )
 
 
-def status(row: PassthroughDevice) -> str:
+def status(row: PassthroughDevice, allowed: bool = True) -> str:
     """``usable`` or why not, in the words shown to users."""
-    return _status(row.present, row.state)
+    return _status(row.present, row.state, row.host_use, allowed)
 
 
-def _status(present: bool, state: DeviceState) -> str:
+def _status(present: bool, state: DeviceState, host_use: str | None = None,
+            allowed: bool = True) -> str:
     if not present:
         return ABSENT
+    if host_use:
+        return f"used by the host: {host_use}"
+    if not allowed and state not in IN_USE:
+        return NOT_ALLOWED
     if state == DeviceState.UNAVAILABLE:
         return BLOCKED
     if state in IN_USE:
@@ -281,14 +325,52 @@ def device_views(
     owners = {row.device_id: row.instance_uuid for row in session.execute(
         select(PassthroughClaim.device_id, PassthroughClaim.instance_uuid)
         .join(PassthroughDevice).where(PassthroughDevice.host_id == host.id))}
+    allow = allowlist(host)
     views = []
     for row in rows:
         attrs = device_attrs(row, by_address.get(row.pf_address or ""))
         views.append(DeviceView(row, attrs, attach_kind(row.device_type, row.class_code,
                                                         row.netdevs),
-                                matching_flavors(attrs, flavors), status(row),
-                                owners.get(row.id)))
+                                matching_flavors(attrs, flavors),
+                                status(row, is_allowed(attrs, allow)), owners.get(row.id)))
     return views
+
+
+# ---------------------------------------------------------------- the allowlist
+
+
+def allowlist(host: PassthroughHost) -> list[Flavor]:
+    return [Flavor.from_dict("allow", spec) for spec in host.allow or ()]
+
+
+def is_allowed(attrs: DeviceAttrs, allow: Sequence[Flavor]) -> bool:
+    return any(rule.matches(attrs) for rule in allow)
+
+
+def allow_devices(db: Database, host: str, rule: Flavor) -> list[str]:
+    """Add a rule (a flavor's criteria, copied: a later edit of the flavor does not widen
+    it) to the host's allowlist; the addresses it matches."""
+    with db.session() as session:
+        row = get_host(session, host)
+        spec = rule.to_dict()
+        if spec not in row.allow:
+            row.allow = [*row.allow, spec]  # a new list: JSON columns track assignment only
+        return [v.row.address for v in device_views(session, row, [])
+                if rule.matches(v.attrs)]
+
+
+def disallow_devices(db: Database, host: str, index: int) -> dict[str, Any]:
+    """Remove rule number ``index`` (1-based, as `host show` lists them)."""
+    with db.session() as session:
+        row = get_host(session, host)
+        if not 1 <= index <= len(row.allow):
+            raise HostError(f"host {host} has {len(row.allow)} allow rule(s); "
+                            f"give a number from 1 to {len(row.allow)} (see `fleetboot host "
+                            f"show {host}`)")
+        rules = list(row.allow)
+        removed = rules.pop(index - 1)
+        row.allow = rules
+        return removed
 
 
 _CANDIDATE_COLUMNS = (
@@ -298,6 +380,7 @@ _CANDIDATE_COLUMNS = (
     PassthroughDevice.subsystem_vendor_id, PassthroughDevice.subsystem_device_id,
     PassthroughDevice.tags, PassthroughDevice.pf_address, PassthroughDevice.numa_node,
     PassthroughDevice.netdevs, PassthroughDevice.state, PassthroughDevice.present,
+    PassthroughDevice.host_use,
 )
 
 
@@ -313,7 +396,8 @@ def candidates(
     ``usable_only`` only free devices are read, so a claim costs what is left
     free, not the fleet's size; explanations of a refusal need all of them.
     """
-    stmt = select(*_CANDIDATE_COLUMNS).join(PassthroughHost).order_by(
+    stmt = select(*_CANDIDATE_COLUMNS, PassthroughHost.allow.label("allow")).join(
+        PassthroughHost).order_by(
         PassthroughHost.name, PassthroughDevice.address)
     pf_stmt = select(PassthroughHost.name, PassthroughDevice.address, PassthroughDevice.tags
                      ).join(PassthroughHost).where(PassthroughDevice.device_type == "pf")
@@ -322,11 +406,13 @@ def candidates(
         pf_stmt = pf_stmt.where(PassthroughHost.name.in_(host_names))
     if usable_only:
         stmt = stmt.where(PassthroughDevice.state == DeviceState.AVAILABLE,
-                          PassthroughDevice.present.is_(True))
+                          PassthroughDevice.present.is_(True),
+                          PassthroughDevice.host_use.is_(None))
     rows = session.execute(stmt).all()
     # VFs inherit their PF's tags, whatever state the PF is in.
     pf_tags = {(r.name, r.address): r.tags for r in session.execute(pf_stmt)}
     out: dict[str, list[Candidate]] = {name: [] for name in host_names or ()}
+    allow: dict[str, list[Flavor]] = {}
     for r in rows:
         tags = {**pf_tags.get((r.host, r.pf_address), {}), **r.tags} if r.pf_address else r.tags
         attrs = DeviceAttrs(
@@ -335,10 +421,13 @@ def candidates(
             subsystem_vendor_id=r.subsystem_vendor_id,
             subsystem_device_id=r.subsystem_device_id, tags=freeze_tags(tags),
         )
+        if r.host not in allow:
+            allow[r.host] = [Flavor.from_dict("allow", spec) for spec in r.allow or ()]
+        rules = allow[r.host]
         out.setdefault(r.host, []).append(Candidate(
             id=r.id, address=r.address, flavors=matching_flavors(attrs, flavors),
             kind=attach_kind(r.device_type, r.class_code, r.netdevs), numa_node=r.numa_node,
             pf_address=r.pf_address, is_pf=r.device_type == "pf",
-            status=_status(r.present, r.state),
+            status=_status(r.present, r.state, r.host_use, is_allowed(attrs, rules)),
         ))
     return out

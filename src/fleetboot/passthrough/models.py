@@ -64,6 +64,9 @@ class PassthroughHost(Base):
     # takes serialises them per host (PostgreSQL; SQLite locks the whole file).
     generation: Mapped[int] = mapped_column(Integer, default=0)
     scanned_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Which devices may be passed through at all: flavor-style matchers (as dicts);
+    # nothing is allowed until the operator says so (like Nova's device_spec).
+    allow: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list, server_default="[]")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
     devices: Mapped[list[PassthroughDevice]] = relationship(
@@ -99,6 +102,9 @@ class PassthroughDevice(Base):
     present: Mapped[bool] = mapped_column(Boolean, default=True)
     # Set by a rescan that found a claimed device gone or changed; cleared on release.
     conflict: Mapped[str | None] = mapped_column(Text)
+    # Why the host itself needs it (a mounted disk, the default route, the console),
+    # or the IOMMU group mate of such a device; set by scans. Never claimable.
+    host_use: Mapped[str | None] = mapped_column(Text)
     first_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
     last_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
