@@ -10,7 +10,7 @@ PKGS=(
   kea-admin kea-dhcp4-server dnsmasq-base tftpd-hpa tftp-hpa atftp curl
   wrk nginx-light nftables
   postgresql
-  libvirt-clients libxml2-utils
+  libvirt-clients libxml2-utils libvirt-daemon libvirt-dev pkg-config
 )
 missing=()
 for p in "${PKGS[@]}"; do

@@ -111,9 +111,9 @@ async def test_attach_to_a_vm_of_the_vm_service(sqlite_fleet: Fleet, tmp_path: P
         view = await service.create(CreateSpec(name="pt-vm"))
         claims.claim(sqlite_fleet.db, view.uuid, parse_requests("1 x gpu-a100, 1 x mlx-netdev, "
                                                                 "1 x sriov-physnet1"))
-        assert (await vmlayout.attach_to_vm(service, sqlite_fleet.db, "pt-vm"))[1] == [
+        assert (await vmlayout.attach_to_vm(service, sqlite_fleet.db, "pt-vm"))[2] == [
             "ptdev0", "ptdev2"]
-        assert (await vmlayout.attach_to_vm(service, sqlite_fleet.db, "pt-vm"))[1] == []
+        assert (await vmlayout.attach_to_vm(service, sqlite_fleet.db, "pt-vm"))[2] == []
         layout = service.read("pt-vm").layout
         assert planner.pool_map(layout, planner.PoolName.PASSTHROUGH).startswith("PP_")
         argv = " ".join(await service.argv("pt-vm"))
@@ -179,7 +179,7 @@ async def test_release_takes_the_devices_out_of_the_vm(
     await vm_service.stop("rel")
     await vmlayout.attach_to_vm(vm_service, sqlite_fleet.db, "rel")
     assert '"host":"0000:86:00.0"' in await _argv(vm_service, "rel")
-    freed = await vmlayout.release_from_vm(vm_service, sqlite_fleet.db, "rel")
+    freed, _ = await vmlayout.release_from_vm(vm_service, sqlite_fleet.db, "rel")
     assert freed == ["compute-a 0000:86:00.0"]
     assert "vfio-pci" not in await _argv(vm_service, "rel")
     assert vm_service.read("rel").layout.find("ptdev0") is None

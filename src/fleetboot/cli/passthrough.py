@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from fleetboot.cli.common import console, err_console, friendly_errors, state, table
 from fleetboot.inventory.db import Database
-from fleetboot.passthrough import catalog, claims, hosts, migration, vmlayout
+from fleetboot.passthrough import catalog, claims, hosts, libvirtd, migration, vmlayout
 from fleetboot.passthrough.claims import ClaimedDevice
 from fleetboot.passthrough.errors import ClaimError
 from fleetboot.passthrough.flavors import Flavor, parse_requests, parse_tag
@@ -84,10 +84,17 @@ def host_scan(
     ctx: typer.Context,
     name: str = typer.Argument(..., help="host name (registered on first scan)"),
     sysfs_root: str = typer.Option("/sys", "--sysfs", help="sysfs root to read"),
+    libvirt: str | None = typer.Option(
+        None, "--libvirt", help="the host's libvirtd URI (qemu+ssh://HOST/system); its "
+        "per-port networks are defined there"),
     db_url: str | None = DB_OPTION,
 ) -> None:
     """Read a host's PCI devices from sysfs and record them (rescans update)."""
-    report = hosts.scan_host(_db(ctx, db_url), name, sysfs_root)
+    db = _db(ctx, db_url)
+    report = hosts.scan_host(db, name, sysfs_root)
+    if libvirt is not None:
+        hosts.set_libvirt_uri(db, name, libvirt)
+        console.print(libvirtd.sync_networks(db, name).describe())
     console.print(f"{'registered' if report.new_host else 'rescanned'} host [bold]{name}[/]: "
                   f"{report.devices} devices; "
                   f"{len(report.added)} added, {len(report.updated)} updated, "
@@ -157,6 +164,17 @@ def host_devices(
         console.print("allowed for passthrough: " + ("; ".join(
             f"{i}) {r.describe()}" for i, r in enumerate(rules, 1)) or
             f"nothing yet (fleetboot host allow {name} FLAVOR...)"))
+
+
+@host_app.command("sync")
+@friendly_errors
+def host_sync(ctx: typer.Context, name: str, db_url: str | None = DB_OPTION) -> None:
+    """Make the host's libvirtd hold exactly the per-port networks the inventory has."""
+    report = libvirtd.sync_networks(_db(ctx, db_url), name)
+    console.print(report.describe())
+    for label, names in (("defined", report.defined), ("removed", report.undefined)):
+        for net in names:
+            console.print(f"  {label}: {net}")
 
 
 @host_app.command("allow")
@@ -358,10 +376,11 @@ def vm_attach(
     db = _db(ctx, db_url)
     uid, vm_name = _instance(db, instance)
     if vm_name is not None:
-        att, added = asyncio.run(vmlayout.attach_to_vm(_vms(ctx, db), db, vm_name))
+        att, report, added = asyncio.run(vmlayout.attach_to_vm(_vms(ctx, db), db, vm_name))
     else:
-        att, added = claims.attach(db, uid), []
+        (att, report), added = libvirtd.attach(db, uid), []
     _devices_table(att.devices, f"attached on {att.host}")
+    console.print(report.describe())
     if vm_name is not None:
         console.print(f"VM {vm_name}: {', '.join(added) or 'no new'} vfio device(s) placed")
     for name, text in att.networks:
@@ -380,9 +399,11 @@ def vm_release(ctx: typer.Context, instance: str, db_url: str | None = DB_OPTION
     db = _db(ctx, db_url)
     uid, vm_name = _instance(db, instance)
     if vm_name is not None:
-        freed = asyncio.run(vmlayout.release_from_vm(_vms(ctx, db), db, vm_name))
+        freed, reports = asyncio.run(vmlayout.release_from_vm(_vms(ctx, db), db, vm_name))
     else:
-        freed = claims.release(db, uid)
+        freed, reports = libvirtd.release(db, uid)
+    for report in reports:
+        console.print(report.describe())
     console.print(f"released {len(freed)} device(s)" + (": " + ", ".join(freed) if freed else ""))
 
 
@@ -438,6 +459,8 @@ def vm_pci_migrate(
         f"  {step}: {moved_by if step == 'transfer' else 'ok'}"))
     for port, src, dst in result.plan.moves:
         console.print(f"port {port}: {result.plan.source} {src} -> {to} {dst}")
+    for report in result.libvirt:
+        console.print(report.describe())
     if vm_name is not None:
         for line in asyncio.run(vmlayout.follow_migration(_vms(ctx, db), db, vm_name)):
             console.print(f"VM {vm_name}: {line}")

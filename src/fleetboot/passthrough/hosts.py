@@ -336,6 +336,14 @@ def device_views(
     return views
 
 
+def set_libvirt_uri(db: Database, host: str, uri: str) -> None:
+    if "://" not in uri:
+        raise HostError(f"libvirt URI {uri!r} is not like qemu+ssh://HOST/system or "
+                        "qemu:///system")
+    with db.session() as session:
+        get_host(session, host).libvirt_uri = uri
+
+
 # ---------------------------------------------------------------- the allowlist
 
 

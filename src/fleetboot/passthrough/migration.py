@@ -9,11 +9,14 @@ travels unchanged. Steps (each one a transaction, each undone on failure):
    per port that matches every flavor the port was requested through and
    reaches the guest the same way (VF hostdev stays VF hostdev, macvtap stays
    macvtap: the guest's driver must find the same kind of device).
-2. ``target-networks``: define the same-named networks on the target.
+2. ``target-networks``: define the same-named networks on the target, in the
+   inventory and in the target's libvirtd.
 3. ``transfer``: the runtime moves the guest (a callable; libvirt/QEMU's job).
-4. ``verified``: the domain XML built from the target claims is byte-identical.
+4. ``verified``: the domain XML built from the target claims is byte-identical,
+   and the target's libvirtd really holds each network with the target device.
 5. finalize: target claims become the instance's claims, the source claims are
-   released and the source networks deleted, in one transaction.
+   released and the source networks deleted, in one transaction; then the
+   source's libvirtd drops them.
 
 A failure anywhere before the final commit releases the target claims and
 deletes the target networks; the source is never touched until then.
@@ -27,7 +30,7 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session
 
 from fleetboot.inventory.db import Database
-from fleetboot.passthrough import catalog, claims, hosts
+from fleetboot.passthrough import catalog, claims, hosts, libvirtd
 from fleetboot.passthrough.claims import ClaimedDevice, normalize_uuid
 from fleetboot.passthrough.errors import MigrationError, PassthroughError
 from fleetboot.passthrough.models import ClaimState, PassthroughClaim
@@ -53,6 +56,7 @@ class MigrationPlan:
 class MigrationResult:
     plan: MigrationPlan
     released_networks: tuple[str, ...]
+    libvirt: tuple[libvirtd.SyncReport, ...] = ()  # target's, then source's
 
 
 Transfer = Callable[[MigrationPlan], None]
@@ -84,6 +88,7 @@ def migrate(
         # A guest that was never started has no networks to mirror; attach makes them.
         running = any(d.state == ClaimState.ALLOCATED for d in source_devices)
         networks = _define_target_networks(db, uid) if running else ()
+        target_sync = libvirtd.sync_networks(db, target)
         on_step(step)
         plan = MigrationPlan(uid, source, target, source_xml, moves, networks)
         step = "transfer"
@@ -91,12 +96,20 @@ def migrate(
         on_step(step)
         step = "verified"
         _verify(db, uid, source_xml)
+        problems = libvirtd.check_networks(db, target, [name for name, _ in networks])
+        if problems:
+            raise MigrationError("; ".join(problems))
         on_step(step)
         step = "finalize"
         released = _finalize(db, uid)
     except Exception as exc:
-        raise _roll_back(db, uid, step, exc) from exc
-    return MigrationResult(plan, tuple(released))
+        raise _roll_back(db, uid, step, exc, target) from exc
+    try:
+        source_sync = libvirtd.sync_networks(db, source)
+    except libvirtd.LibvirtError as exc:
+        raise MigrationError(f"migrated to {target}, but removing the source's networks "
+                             f"failed ({exc}): run `fleetboot host sync {source}`") from None
+    return MigrationResult(plan, tuple(released), (target_sync, source_sync))
 
 
 def abort(db: Database, instance_uuid: str) -> list[str]:
@@ -183,7 +196,8 @@ def _adopt(session: Session, row: PassthroughClaim, allocated: bool) -> None:
         claims.allocate(session, row)
 
 
-def _roll_back(db: Database, uid: str, step: str, exc: Exception) -> MigrationError:
+def _roll_back(db: Database, uid: str, step: str, exc: Exception,
+               target: str) -> MigrationError:
     """Undo the target side; return the error to raise (what failed, what was undone)."""
     cause = str(exc) if isinstance(exc, PassthroughError) else f"{type(exc).__name__}: {exc}"
     try:
@@ -192,6 +206,12 @@ def _roll_back(db: Database, uid: str, step: str, exc: Exception) -> MigrationEr
         return MigrationError(
             f"migration of {uid} failed at {step} ({cause}) and the rollback failed too "
             f"({undo_exc}); run `fleetboot vm pci-migrate {uid} --abort`")
+    try:
+        libvirtd.sync_networks(db, target)
+        leftover = ""
+    except libvirtd.LibvirtError as sync_exc:
+        leftover = (f"; {target}'s libvirtd may still hold them ({sync_exc}): run "
+                    f"`fleetboot host sync {target}` once it answers")
     return MigrationError(
         f"migration of {uid} failed at {step}: {cause}; rolled back ({len(freed)} target "
-        "device(s) released, their networks deleted, source untouched)")
+        f"device(s) released, their networks deleted, source untouched){leftover}")

@@ -64,6 +64,8 @@ class PassthroughHost(Base):
     # takes serialises them per host (PostgreSQL; SQLite locks the whole file).
     generation: Mapped[int] = mapped_column(Integer, default=0)
     scanned_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The host's libvirtd (qemu+ssh://host/system, ...); its per-port networks live there.
+    libvirt_uri: Mapped[str | None] = mapped_column(String(255))
     # Which devices may be passed through at all: flavor-style matchers (as dicts);
     # nothing is allowed until the operator says so (like Nova's device_spec).
     allow: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list, server_default="[]")

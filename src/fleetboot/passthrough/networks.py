@@ -1,7 +1,7 @@
 """The libvirt networks Fleetboot manages: one per passthrough port of an instance.
 
-No libvirtd runs here, so a network is an inventory row holding its XML; the
-row is what a host agent would ``virsh net-define``. The rule from seeds/003:
+A network is first an inventory row holding its XML (the truth); ``libvirtd.py``
+makes each host's libvirtd hold exactly its rows. The rule from seeds/003:
 when a device is freed, every network it is a member of is deleted.
 """
 

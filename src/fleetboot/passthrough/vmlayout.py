@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from fleetboot.inventory.db import Database
-from fleetboot.passthrough import claims
+from fleetboot.passthrough import libvirtd
 from fleetboot.passthrough.claims import Attachment, instance_devices
 from fleetboot.passthrough.errors import PassthroughError
+from fleetboot.passthrough.libvirtd import SyncReport
 from fleetboot.passthrough.placement import is_vfio
 from fleetboot.vm import planner
 
@@ -103,21 +104,21 @@ def device_args(layout: planner.Layout, devices: Sequence[VfioDevice]) -> list[s
 
 
 async def attach_to_vm(service: VmPassthroughApi, db: Database,
-                       vm_name: str) -> tuple[Attachment, list[str]]:
+                       vm_name: str) -> tuple[Attachment, SyncReport, list[str]]:
     """Allocate the VM's claimed devices and put its vfio devices into its stored layout.
 
     The VM must be stopped, checked before anything is allocated. The claims are
     looked up by the VM's UUID; devices the VM already has (same port id) are left
-    alone. Returns the attachment and the ids added.
+    alone. Returns the attachment, what changed in the host's libvirtd, and the ids added.
     """
     view = await service.require_stopped(vm_name, "attaching passthrough devices")
-    attachment = claims.attach(db, view.uuid)
+    attachment, report = libvirtd.attach(db, view.uuid)
     present = {d.device for d in view.devices}
     added = []
     for dev in vfio_devices(db, view.uuid):
         if dev.device_id not in present:
             added.append(await service.add_passthrough(vm_name, dev.host_address, dev.device_id))
-    return attachment, added
+    return attachment, report, added
 
 
 def _owned(view: Any) -> list[Any]:
@@ -125,13 +126,14 @@ def _owned(view: Any) -> list[Any]:
     return [d for d in view.devices if _OWNED_ID.match(d.device)]
 
 
-async def release_from_vm(service: VmPassthroughApi, db: Database, vm_name: str) -> list[str]:
+async def release_from_vm(service: VmPassthroughApi, db: Database,
+                          vm_name: str) -> tuple[list[str], list[SyncReport]]:
     """Free the VM's claims and take their vfio devices out of it (VM stopped, checked
     first: a running guest still holds the host devices)."""
     view = await service.require_stopped(vm_name, "releasing its passthrough devices")
-    freed = claims.release(db, view.uuid)
+    freed, reports = libvirtd.release(db, view.uuid)
     await service.remove_passthrough(vm_name, [d.device for d in _owned(view)])
-    return freed
+    return freed, reports
 
 
 async def follow_migration(service: VmPassthroughApi, db: Database, vm_name: str) -> list[str]:

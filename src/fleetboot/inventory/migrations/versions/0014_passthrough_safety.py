@@ -1,4 +1,4 @@
-"""passthrough: devices the host uses, and each host's passthrough allowlist
+"""passthrough: devices the host uses, each host's allowlist and its libvirt URI
 
 Revision ID: 0014_passthrough_safety
 Revises: 0003_passthrough
@@ -23,10 +23,12 @@ def upgrade() -> None:
     # Existing hosts allow nothing until the operator says which devices may go.
     with op.batch_alter_table('passthrough_hosts', schema=None) as batch_op:
         batch_op.add_column(sa.Column('allow', sa.JSON(), server_default='[]', nullable=False))
+        batch_op.add_column(sa.Column('libvirt_uri', sa.String(length=255), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table('passthrough_hosts', schema=None) as batch_op:
+        batch_op.drop_column('libvirt_uri')
         batch_op.drop_column('allow')
     with op.batch_alter_table('passthrough_devices', schema=None) as batch_op:
         batch_op.drop_column('host_use')
