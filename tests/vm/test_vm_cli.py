@@ -73,3 +73,16 @@ def test_cli_lifecycle(cli) -> None:  # type: ignore[no-untyped-def]
     assert "slots: II .X.B NN__ DS__ __" in out
     cli("delete", "web1", "--images")
     assert "web1" not in cli("list")
+
+
+def test_cli_vm_hosts(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    out = cli("host", "add", "rack2", "--address", "10.0.0.12", "--host-run-dir",
+              str(tmp_path / "r2"), "--image-dir", str(tmp_path / "r2-images"))
+    assert "VM host rack2: 10.0.0.12" in out
+    assert "exists already" in cli("host", "add", "rack2", "--address", "10.0.0.13",
+                                   "--host-run-dir", "/x", "--image-dir", "/y", code=2)
+    assert "rack2" in cli("host", "list") and "10.0.0.12" in cli("host", "list")
+    cli("create", "h1", "--machine", "pc", "--nic", "boot")
+    out = cli("migrate", "h1", "--to", "rack9", code=2)
+    assert "no VM host named 'rack9'" in out
+    assert "only a running VM migrates" in cli("migrate", "h1", "--to", "rack2", code=2)

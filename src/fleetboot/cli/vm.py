@@ -7,6 +7,9 @@
     fleetboot vm show web1            # slot map, slot table, drift against query-pci
     fleetboot vm unplug web1 net1
     fleetboot vm migrate web1 --transport tcp
+    fleetboot vm host add rack2 --address 10.0.0.12 --host-run-dir /run/fleetboot/vm \
+        --image-dir /var/lib/fleetboot/images
+    fleetboot vm migrate web1 --to rack2      # disks copied (NBD mirror) unless --shared-storage
 """
 
 from __future__ import annotations
@@ -307,14 +310,60 @@ def unplug(
 def migrate(
     ctx: typer.Context,
     name: str,
-    transport: Annotated[str, typer.Option(help="unix or tcp (127.0.0.1)")] = "unix",
+    transport: Annotated[str, typer.Option(help="unix or tcp (127.0.0.1), on its own "
+                                           "host")] = "unix",
+    to: Annotated[str | None, typer.Option(
+        "--to", help="another VM host (fleetboot vm host add); over TCP")] = None,
+    shared_storage: Annotated[bool, typer.Option(
+        "--shared-storage", help="with --to: both hosts see the disks at the same paths "
+        "(default: copy them during the migration, as libvirt's --copy-storage-all)")] = False,
     db: DbOpt = None,
     run_dir: RunDirOpt = None,
 ) -> None:
     """Live-migrate to a new QEMU process started from the stored layout, then verify it."""
-    result = _run(_service(ctx, db, run_dir).migrate(name, transport))
+    result = _run(_service(ctx, db, run_dir).migrate(name, transport, to=to,
+                                                     copy_storage=not shared_storage))
+    copied = result.stats.get("copied_disks")
     console.print(f"{name}: migrated over {result.uri} in {result.seconds:.2f} s; now pid "
-                  f"{result.pid}; query-pci {result.drift}")
+                  f"{result.pid}" + (f" on {to}" if to else "")
+                  + (f"; disks copied: {', '.join(copied)}" if copied else "")
+                  + f"; query-pci {result.drift}")
+
+
+host_app = typer.Typer(help="Hosts that run Fleetboot's VMs: where `vm migrate --to` goes.",
+                       no_args_is_help=True)
+app.add_typer(host_app, name="host")
+
+
+@host_app.command("add")
+@friendly_errors
+def host_add(
+    ctx: typer.Context,
+    name: str,
+    address: Annotated[str, typer.Option(help="address migrations and disk copies use")],
+    run_dir_on_host: Annotated[Path, typer.Option("--host-run-dir",
+                                                  help="QMP sockets there (short path)")],
+    image_dir: Annotated[Path, typer.Option(help="where copied disks go")],
+    netns: Annotated[str | None, typer.Option(help="the host is this network namespace "
+                                              "of this machine")] = None,
+    db: DbOpt = None,
+    run_dir: RunDirOpt = None,
+) -> None:
+    """Register a VM host."""
+    host = _service(ctx, db, run_dir).add_host(name, address, netns=netns,
+                                               run_dir=run_dir_on_host, image_dir=image_dir)
+    console.print(f"VM host {host.name}: {host.address}"
+                  + (f" (namespace {host.netns})" if host.netns else ""))
+
+
+@host_app.command("list")
+@friendly_errors
+def host_list(ctx: typer.Context, db: DbOpt = None, run_dir: RunDirOpt = None) -> None:
+    """The VM hosts."""
+    tab = table("host", "address", "namespace", "run dir", "image dir")
+    for h in _service(ctx, db, run_dir).list_hosts():
+        tab.add_row(h.name, h.address, h.netns or "-", str(h.run_dir), str(h.image_dir))
+    console.print(tab)
 
 
 @app.command("delete")

@@ -58,6 +58,25 @@ def _now() -> datetime:
     return datetime.now().astimezone()
 
 
+class VmHost(Base):
+    """A machine that runs Fleetboot's QEMU processes, a live migration's other end.
+
+    Fleetboot starts QEMU there itself, so a host is where it can execute: this
+    machine, or a network namespace of it (``netns``: the tests' second host).
+    ``address`` is what a migration and its disk copy (NBD) connect to.
+    """
+
+    __tablename__ = "vm_hosts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    address: Mapped[str] = mapped_column(String(64))
+    netns: Mapped[str | None] = mapped_column(String(63))
+    run_dir: Mapped[str] = mapped_column(String(255))
+    image_dir: Mapped[str] = mapped_column(String(1024))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
 class Instance(Base):
     __tablename__ = "vm_instances"
 
@@ -83,6 +102,9 @@ class Instance(Base):
     pid: Mapped[int | None] = mapped_column(Integer)
     qmp_socket: Mapped[str | None] = mapped_column(String(255))
     netns: Mapped[str | None] = mapped_column(String(63))  # run QEMU inside this namespace
+    # The VM host QEMU runs on (vm_hosts.name); none: this machine.
+    host: Mapped[str | None] = mapped_column(
+        String(63), ForeignKey("vm_hosts.name", ondelete="RESTRICT"))
     generation: Mapped[int] = mapped_column(Integer, default=0)  # bumped per QEMU process
     # While migrating: the destination process ({"pid": .., "qmp_socket": ..}), so a
     # command interrupted half-way can be cleaned up by the next one.

@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from fleetboot.config import Settings
 from fleetboot.inventory.db import Database
-from fleetboot.vm import planner, runtime
+from fleetboot.vm import blockcopy, planner, runtime
 from fleetboot.vm.drift import DriftReport, compare
 from fleetboot.vm.errors import (
     DriftError,
@@ -62,6 +62,7 @@ from fleetboot.vm.models import (
     Instance,
     Nic,
     NicBackend,
+    VmHost,
     VmStatus,
 )
 from fleetboot.vm.net import create_tap, delete_tap, tap_name
@@ -94,7 +95,7 @@ from fleetboot.vm.runtime import (
     StepHook,
     UnplugOutcome,
 )
-from fleetboot.vm.specs import CreateSpec, DiskSpec, NicSpec, SpecError
+from fleetboot.vm.specs import CreateSpec, DiskSpec, NicSpec, SpecError, check_name
 
 DISK_BOOTINDEX = 2  # after the boot NIC (bootindex 1): PXE first, then the disk
 
@@ -190,6 +191,7 @@ class InstanceView:
     devices: tuple[DeviceInfo, ...]
     last_error: str | None
     migration_target: dict[str, Any] | None
+    host: str | None = None  # the VM host it runs on; none: this machine
     drift: DriftReport | None = None
 
     @property
@@ -220,8 +222,19 @@ def _view(inst: Instance) -> InstanceView:
                              d.boot, d.created_image) for d in inst.disks),
         devices=tuple(DeviceInfo(d.device_id, DeviceKind(d.kind), dict(d.props or {}))
                       for d in inst.devices),
-        last_error=inst.last_error, migration_target=inst.migration_target,
+        last_error=inst.last_error, migration_target=inst.migration_target, host=inst.host,
     )
+
+
+@dataclass(frozen=True)
+class HostInfo:
+    """A VM host (see :class:`fleetboot.vm.models.VmHost`)."""
+
+    name: str
+    address: str
+    netns: str | None
+    run_dir: Path
+    image_dir: Path
 
 
 @dataclass(frozen=True)
@@ -415,7 +428,35 @@ class VmService:
     def _paths(self, view: InstanceView, generation: int) -> RunPaths:
         # The uuid keeps the path short and unique; the generation separates a
         # migration destination from its source.
-        return RunPaths(self.settings.run_dir, f"{view.uuid[:8]}-{generation}")
+        run_dir = self.host(view.host).run_dir if view.host else self.settings.run_dir
+        return RunPaths(run_dir, f"{view.uuid[:8]}-{generation}")
+
+    # -- hosts -------------------------------------------------------------------
+
+    def add_host(self, name: str, address: str, *, netns: str | None = None,
+                 run_dir: str | Path, image_dir: str | Path) -> HostInfo:
+        check_name(name)
+        with self.db.session() as s:
+            if s.scalar(select(VmHost).where(VmHost.name == name)) is not None:
+                raise VmError(f"a VM host named {name!r} exists already; see fleetboot vm "
+                              "host list")
+            s.add(VmHost(name=name, address=address, netns=netns, run_dir=str(run_dir),
+                         image_dir=str(image_dir)))
+        return self.host(name)
+
+    def host(self, name: str) -> HostInfo:
+        with self.db.session() as s:
+            row = s.scalar(select(VmHost).where(VmHost.name == name))
+            if row is None:
+                raise NotFoundError(f"no VM host named {name!r}; add it with fleetboot vm "
+                                    "host add")
+            return HostInfo(row.name, row.address, row.netns, Path(row.run_dir),
+                            Path(row.image_dir))
+
+    def list_hosts(self) -> list[HostInfo]:
+        with self.db.session() as s:
+            names = list(s.scalars(select(VmHost.name).order_by(VmHost.name)))
+        return [self.host(n) for n in names]
 
     async def argv(self, name: str, *, paused: bool = False) -> list[str]:
         """The command line ``start`` would run now (for show --argv and tests)."""
@@ -905,8 +946,13 @@ class VmService:
 
     # -- migration -------------------------------------------------------------
 
-    async def migrate(self, name: str, transport: str = "unix") -> MigrateResult:
-        """Live-migrate to a new QEMU process on this host, started from the stored layout."""
+    async def migrate(self, name: str, transport: str = "unix", *, to: str | None = None,
+                      copy_storage: bool = True) -> MigrateResult:
+        """Live-migrate to a new QEMU process, started from the stored layout: on the
+        VM's own host, or (``to``) on another VM host, its disks copied there or (not
+        ``copy_storage``) on storage both hosts see."""
+        if to is not None:
+            return await self._migrate_to_host(name, self.host(to), copy_storage)
         if transport not in ("unix", "tcp"):
             raise VmError(f"transport {transport!r}: use unix or tcp")
         async with self._locked(name):
@@ -946,11 +992,124 @@ class VmService:
         return MigrateResult(stats.get("uri", uri), time.monotonic() - started, target.pid,
                              report, stats)
 
-    def _set_migrating(self, name: str, target: QemuProcess) -> None:
+    async def _migrate_to_host(self, name: str, host: HostInfo,
+                               copy_storage: bool) -> MigrateResult:
+        async with self._locked(name):
+            view = await self.sync(name)
+            source = view.process
+            if view.status is not VmStatus.RUNNING or source is None:
+                raise VmError(f"{name} is {view.status}; only a running VM migrates")
+            if view.host == host.name:
+                raise VmError(f"{name} runs on {host.name} already")
+            _check_movable(view, copy_storage)
+            generation = view.generation + 1
+            moved = {d.device: str(host.image_dir / Path(d.path).name) for d in view.disks
+                     } if copy_storage else {}
+            target_view = replace(
+                view, host=host.name, netns=host.netns,
+                disks=tuple(replace(d, path=moved.get(d.device, d.path)) for d in view.disks))
+            started = time.monotonic()
+            await self._make_target_images(view, moved)
+            try:
+                target = await self._launch(target_view, generation,
+                                            incoming=f"tcp:{host.address}:0")
+            except Exception:
+                _unlink(moved.values())
+                raise
+            self._set_migrating(name, target, host.name, moved)
+            try:
+                stats, report = await self._run_host_migration(view, source, target, host,
+                                                               bool(moved))
+            except Exception as exc:
+                await self._abort_host_migration(view, target_view, target, generation)
+                _unlink(moved.values())
+                raise VmError(f"migration of {name} to {host.name} failed and was rolled "
+                              f"back: {exc}; it runs on as before") from None
+            await self._adopt_target(view, target, generation, host.name, moved)
+            await runtime.quit_qemu(source)
+            await self._delete_taps(view, None, view.generation)
+            self._paths(view, view.generation).remove()
+            _unlink(d.path for d in view.disks if d.device in moved and d.created_image)
+        return MigrateResult(stats["uri"], time.monotonic() - started, target.pid, report, stats)
+
+    async def _make_target_images(self, view: InstanceView, moved: Mapping[str, str]) -> None:
+        """Empty images of the same virtual size, for the disk copy to fill."""
+        made: list[str] = []
+        try:
+            for disk in view.disks:
+                if disk.device not in moved:
+                    continue
+                if Path(moved[disk.device]).exists():
+                    raise VmError(f"{moved[disk.device]} exists already on the target host; "
+                                  "move it away or delete it")
+                info = json.loads(await runtime.qemu_img_info(disk.path, self.settings.qemu_img))
+                Path(moved[disk.device]).parent.mkdir(parents=True, exist_ok=True)
+                await runtime.qemu_img_create(moved[disk.device], int(info["virtual-size"]),
+                                              self.settings.qemu_img)
+                made.append(moved[disk.device])
+        except Exception:
+            _unlink(made)
+            raise
+
+    async def _run_host_migration(self, view: InstanceView, source: QemuProcess,
+                                  target: QemuProcess, host: HostInfo,
+                                  copy: bool) -> tuple[dict[str, Any], DriftReport]:
+        nodes = [DiskDef(d.device, d.path, d.format).node_name for d in view.disks] if copy else []
+        timeout = self.settings.migrate_timeout
+        async with runtime.connected(target) as dst, runtime.connected(source) as src:
+            uri = await runtime.incoming_uri(dst, f"tcp:{host.address}:0")
+            was = str((await src.cmd("query-status"))["status"])
+            if nodes:
+                export = await blockcopy.export_disks(dst, host.address, nodes)
+                jobs = await blockcopy.start_mirrors(src, export)
+                await blockcopy.wait_ready(src, jobs, timeout)
+                info = await blockcopy.migrate_with_switchover(src, uri, jobs, timeout)
+                await blockcopy.drop_mirror_nodes(src, nodes)
+                await blockcopy.stop_exports(dst, nodes)
+                info["copied_disks"] = nodes
+            else:
+                info = await runtime.migrate(src, uri, timeout)
+            info["destination_status"] = await runtime.wait_incoming_done(dst, 30)
+            report = compare(view.layout, await runtime.observe(dst, view.layout))
+            if not report.ok:
+                raise DriftError(f"the destination's PCI buses differ from the layout: {report}")
+            info["uri"], info["source_status"] = uri, was
+            return info, report
+
+    async def _abort_host_migration(self, view: InstanceView, target_view: InstanceView,
+                                    target: QemuProcess, generation: int) -> None:
+        """Kill the destination and its taps; the source drops its mirrors and runs on."""
+        source = view.process
+        if source is not None and source.alive():
+            with contextlib.suppress(QemuError):
+                async with runtime.connected(source) as src:
+                    await blockcopy.abort_mirrors(
+                        src, [DiskDef(d.device, d.path, d.format).node_name for d in view.disks])
+        await runtime.quit_qemu(target)
+        await self._delete_taps(target_view, None, generation)
+        self._paths(target_view, generation).remove()
+        await self._abort_migration(view, target, generation)
+
+    async def _adopt_target(self, view: InstanceView, target: QemuProcess, generation: int,
+                            host: str | None, moved: Mapping[str, str]) -> None:
+        """The destination is the VM now: its process, host, namespace and disk paths."""
+        netns = self.host(host).netns if host else None
+        with self.db.session() as s:
+            inst = self._get(s, view.name)
+            inst.status = VmStatus.RUNNING.value
+            inst.pid, inst.qmp_socket = target.pid, target.qmp_socket
+            inst.generation, inst.migration_target = generation, None
+            inst.host, inst.netns = host, netns
+            for disk in inst.disks:
+                disk.path = moved.get(disk.device_id, disk.path)
+
+    def _set_migrating(self, name: str, target: QemuProcess, host: str | None = None,
+                       moved: Mapping[str, str] | None = None) -> None:
         with self.db.session() as s:
             inst = self._get(s, name)
             inst.status = VmStatus.MIGRATING.value
-            inst.migration_target = {"pid": target.pid, "qmp_socket": target.qmp_socket}
+            inst.migration_target = {"pid": target.pid, "qmp_socket": target.qmp_socket,
+                                     "host": host or inst.host, "disks": dict(moved or {})}
 
     async def _run_migration(self, view: InstanceView, source: QemuProcess,
                              target: QemuProcess, uri: str) -> tuple[dict[str, Any], DriftReport]:
@@ -1006,13 +1165,12 @@ class VmService:
             if source is not None:
                 await runtime.quit_qemu(source)
             await self._delete_taps(view, None, view.generation)
-            with self.db.session() as s:
-                inst = self._get(s, view.name)
-                inst.status, inst.pid = VmStatus.RUNNING.value, target.pid
-                inst.qmp_socket, inst.generation = target.qmp_socket, view.generation + 1
-                inst.migration_target = None
+            await self._adopt_target(view, target, view.generation + 1,
+                                     target_info.get("host", view.host),
+                                     target_info.get("disks") or {})
             return
         if target is not None:
+            _unlink((target_info.get("disks") or {}).values())
             await self._abort_migration(view, target, view.generation + 1)
         else:
             self._mark_stopped(view.name, "a migration was interrupted")
@@ -1102,6 +1260,21 @@ def _initial_plan(spec: CreateSpec, extras: Any) -> _Plan:
     if spec.serial_log:
         other.append(("serial0", DeviceKind.SERIAL, {"path": spec.serial_log}))
     return _Plan(layout, nic_ids, disk_ids, tuple(other))
+
+
+def _check_movable(view: InstanceView, copy_storage: bool) -> None:
+    """What keeps a VM from moving to another host, said before anything starts."""
+    fixed = [n.device for n in view.nics if n.backend is NicBackend.TAP]
+    if fixed:
+        raise VmError(f"{', '.join(fixed)} use a fixed tap, which exists on one host only; "
+                      "use backend=bridge:NAME (the bridge must exist on both hosts)")
+    if copy_storage and view.uefi_vars:
+        raise VmError(f"{view.name}'s UEFI variable store is a disk too and is not copied: "
+                      "move UEFI VMs with --shared-storage")
+    held = [d.device for d in view.devices if d.kind is DeviceKind.PASSTHROUGH]
+    if held:
+        raise VmError(f"{', '.join(held)} are host devices; move their ports first with "
+                      "fleetboot vm pci-migrate")
 
 
 def _image_paths(spec: CreateSpec, image_dir: Path) -> list[str]:
