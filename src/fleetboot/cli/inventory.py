@@ -90,7 +90,7 @@ def node_edit(
         if boot_nic:
             service.set_boot_interface(s, name, boot_nic)
         if arch:
-            service.get_node(s, name).arch = arch
+            service.get_node(s, name).arch = service.check_arch(arch)
     console.print(f"updated node [bold]{name}[/]")
 
 
@@ -209,7 +209,8 @@ def profile_add(
     """Register a boot profile (immutable: a new version is a new name)."""
     with state(ctx).db.session() as s:
         service.add_profile(s, name, kernel=kernel, initrd=initrd, cmdline=cmdline,
-                            script=script.read_text() if script else None)
+                            script=script.read_text() if script else None,
+                            boot_root=state(ctx).settings.boot_root)
     console.print(f"added profile [bold]{name}[/]")
 
 
@@ -254,5 +255,6 @@ def inventory_import(ctx: typer.Context, source: Path) -> None:
     if not source.exists():
         raise service.InventoryError(f"{source} does not exist")
     with state(ctx).db.session() as s:
-        counts = yamlio.import_inventory(s, source.read_text())
+        counts = yamlio.import_inventory(s, source.read_text(),
+                                         boot_root=state(ctx).settings.boot_root)
     console.print("imported " + ", ".join(f"{n} {k}" for k, n in counts.items()))

@@ -26,6 +26,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import os
 import signal
 import socket
 import struct
@@ -146,8 +147,7 @@ def open_listeners(settings: DhcpSettings) -> list[Listener]:
         for name in names:
             local = interface_address(name)
             if not local and not settings.server_id:
-                raise DhcpServiceError(f"interface {name} has no IPv4 address; give it one or "
-                                       "set dhcp server_id")
+                raise DhcpServiceError(_no_address(name))
             for port, proxy in ports:
                 out.append(Listener(udp_socket("0.0.0.0", port, name), name, local, proxy))
     except BaseException:
@@ -155,6 +155,15 @@ def open_listeners(settings: DhcpSettings) -> list[Listener]:
             listener.sock.close()
         raise
     return out
+
+
+def _no_address(name: str) -> str:
+    """Why an interface in ``dhcp.interfaces`` cannot be served, and what to do."""
+    if not os.path.exists(f"/sys/class/net/{name}"):
+        return (f"dhcp.interfaces names {name}, which does not exist on this host; "
+                "list the interfaces with `ip -br addr` and fix dhcp.interfaces")
+    return (f"interface {name} (in dhcp.interfaces) has no IPv4 address; give it one "
+            f"(ip addr add 10.0.0.1/24 dev {name}) or remove it from dhcp.interfaces")
 
 
 class Pacer:

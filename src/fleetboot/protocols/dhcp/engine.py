@@ -185,7 +185,8 @@ class DhcpEngine:
             self._emit_rx(pkt, mt, mac, again, now)
         sid = self._server_id or local
         if not sid:
-            self._drop("no_server_id", "no server address: set dhcp server_id or interfaces")
+            self._drop("no_server_id",
+                       "no server address: give the receiving interface an IPv4 address")
             return None
         if proxy_port:
             return self._proxy_boot_request(pkt, mt, mac, sid, now, source)
