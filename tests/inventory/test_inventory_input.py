@@ -124,3 +124,28 @@ def test_profiles_must_name_files_under_the_boot_root(db: Database, tmp_path: Pa
     with db.session() as s:  # a URL and a file that exists are fine
         yamlio.import_inventory(s, "profiles:\n- {name: p, kernel: /images/vmlinuz, "
                                    "initrd: 'http://10.0.0.1/initrd'}\n", boot_root=root)
+
+
+def test_an_unchanged_reimport_keeps_subnets_and_their_leases(db: Database) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from fleetboot.inventory.models import Lease
+
+    with db.session() as s:
+        service.add_subnet(s, "lab", "10.0.0.0/24", router="10.0.0.1", mtu=1500)
+        service.add_pool(s, "lab", "10.0.0.100", "10.0.0.199")
+        service.add_reservation(s, "lab", MAC, "10.0.0.5", "fixed")
+        subnet_id = service.get_subnet(s, "lab").id
+        s.add(Lease(address="10.0.0.100", mac="52:54:00:aa:00:02", subnet_id=subnet_id,
+                    expires=datetime.now(UTC) + timedelta(hours=1)))
+        text = yamlio.export_inventory(s)
+    for document in (text, text.replace("mtu: 1500", "mtu: 9000")):
+        with db.session() as s:
+            yamlio.import_inventory(s, document)
+        with db.session() as s:
+            assert service.get_subnet(s, "lab").id == subnet_id
+            leases = service.list_leases(s, now=0, subnet="lab")
+            assert [(v.address, v.subnet) for v in leases] == [("10.0.0.100", "lab")]
+    with db.session() as s:
+        subnet = service.get_subnet(s, "lab")
+        assert subnet.mtu == 9000 and [r.address for r in subnet.reservations] == ["10.0.0.5"]

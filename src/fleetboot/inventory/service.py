@@ -399,8 +399,41 @@ def list_subnets(session: Session) -> list[Subnet]:
         selectinload(Subnet.pools), selectinload(Subnet.reservations)).order_by(Subnet.name)))
 
 
+@dataclass(frozen=True)
+class SubnetContents:
+    """What removing a subnet takes with it."""
+
+    pools: int
+    reservations: int
+    leases: int
+
+    def describe(self) -> str:
+        parts = [f"{n} {what}{'' if n == 1 else 's'}" for n, what in (
+            (self.pools, "pool"), (self.reservations, "reservation"),
+            (self.leases, "lease")) if n]
+        return ", ".join(parts)
+
+
+def subnet_contents(session: Session, name: str) -> SubnetContents:
+    subnet = get_subnet(session, name)
+    leases = session.scalars(select(Lease.id).where(Lease.subnet_id == subnet.id)).all()
+    return SubnetContents(len(subnet.pools), len(subnet.reservations), len(leases))
+
+
 def remove_subnet(session: Session, name: str) -> None:
+    """Remove a subnet with its pools and reservations (its leases keep no subnet)."""
     session.delete(get_subnet(session, name))
+
+
+def remove_pool(session: Session, subnet_name: str, start: str, end: str) -> None:
+    subnet = get_subnet(session, subnet_name)
+    first, last = str(parse_ipv4(start)), str(parse_ipv4(end))
+    pool = next((p for p in subnet.pools if (p.start, p.end) == (first, last)), None)
+    if pool is None:
+        raise NotFound(f"subnet {subnet_name!r} has no pool {first}-{last}; "
+                       f"`fleetboot subnet show {subnet_name}` lists its pools")
+    subnet.pools.remove(pool)
+    session.flush()
 
 
 def add_pool(session: Session, subnet_name: str, start: str, end: str) -> Pool:
