@@ -317,10 +317,13 @@ def profile_remove(ctx: typer.Context, name: str) -> None:
 @friendly_errors
 def inventory_export(
     ctx: typer.Context, output: Path | None = typer.Option(None, "-o", help="file (default -)"),
+    secrets: bool = typer.Option(False, "--secrets", help="include accounts, tunnels and "
+                                 "secret files (keep such a file private)"),
 ) -> None:
-    """Write the whole inventory as YAML."""
+    """Write the whole inventory as YAML: nodes with their configuration, subnets,
+    profiles, fleet defaults, flavors, passthrough hosts and VM definitions."""
     with state(ctx).db.session() as s:
-        text = yamlio.export_inventory(s)
+        text = yamlio.export_inventory(s, secrets=secrets)
     if output:
         output.write_text(text)
     else:

@@ -10,8 +10,9 @@ layer, which the CLI uses too, so both refuse the same input.
 from __future__ import annotations
 
 import difflib
+import typing
 from collections import Counter
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -19,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from fleetboot.inventory.service import InventoryError
 
 KINDS = ("profiles", "subnets", "nodes")
+LISTS = (*KINDS, "flavors", "passthrough_hosts", "vms")
 
 
 class _Entry(BaseModel):
@@ -69,18 +71,103 @@ class NodeEntry(_Entry):
     interfaces: list[InterfaceEntry] = Field(default_factory=list)
     boot: dict[str, str] = Field(default_factory=dict)
     attributes: dict[str, Any] = Field(default_factory=dict)
+    # Configuration sections of this node (``fleetboot config``), validated on import;
+    # absent: the node's sections are left as they are.
+    config: dict[str, Any] | None = None
+
+
+class FlavorEntry(_Entry):
+    name: str
+    spec: dict[str, Any]
+    description: str = ""
+
+
+class HostDeviceEntry(_Entry):
+    """A passthrough device as last scanned, with the operator's tags."""
+
+    address: str
+    vendor_id: str
+    product_id: str
+    class_code: str
+    subsystem_vendor_id: str | None = None
+    subsystem_device_id: str | None = None
+    driver: str | None = None
+    numa_node: int | None = None
+    iommu_group: int | None = None
+    device_type: str = "pci"
+    pf_address: str | None = None
+    sriov_totalvfs: int = 0
+    sriov_numvfs: int = 0
+    netdevs: list[str] = Field(default_factory=list)
+    tags: dict[str, str] = Field(default_factory=dict)
+
+
+class HostEntry(_Entry):
+    name: str
+    sysfs_root: str = "/sys"
+    devices: list[HostDeviceEntry] = Field(default_factory=list)
+
+
+class VmNicEntry(_Entry):
+    device: str
+    model: str
+    mac: str
+    backend: str = "user"
+    target: str | None = None
+    boot: bool = False
+    rom: str | None = None
+
+
+class VmDiskEntry(_Entry):
+    device: str
+    path: str
+    size_bytes: int
+    format: str = "qcow2"
+    bus: str = "virtio-blk"
+    boot: bool = False
+    created_image: bool = True
+
+
+class VmDeviceEntry(_Entry):
+    device: str
+    kind: str
+    props: dict[str, Any] = Field(default_factory=dict)
+
+
+class VmEntry(_Entry):
+    """A VM's definition (what `vm create` pinned), not its running state."""
+
+    name: str
+    uuid: str
+    family: str
+    machine_type: str
+    accel: str = "tcg"
+    vcpus: int = 1
+    memory_mib: int = 256
+    firmware: str = "bios"
+    uefi_vars: str | None = None
+    extra_args: list[str] = Field(default_factory=list)
+    netns: str | None = None
+    layout: dict[str, Any]
+    nics: list[VmNicEntry] = Field(default_factory=list)
+    disks: list[VmDiskEntry] = Field(default_factory=list)
+    devices: list[VmDeviceEntry] = Field(default_factory=list)
 
 
 class InventoryDocument(_Entry):
+    # "omitted": secret configuration (accounts, tunnels, files with secret
+    # items) was left out, and an import leaves those sections as they are.
+    secrets: Literal["omitted", "included"] = "included"
     profiles: list[ProfileEntry] = Field(default_factory=list)
     subnets: list[SubnetEntry] = Field(default_factory=list)
     nodes: list[NodeEntry] = Field(default_factory=list)
-    # Sections other concerns export (node configuration, fleet defaults, VMs,
-    # hosts, flavors): kept as data here, validated by their own importers.
-    extras: dict[str, Any] = Field(default_factory=dict)
+    defaults: dict[str, Any] | None = None  # fleet-wide configuration; absent: left alone
+    flavors: list[FlavorEntry] = Field(default_factory=list)
+    passthrough_hosts: list[HostEntry] = Field(default_factory=list)
+    vms: list[VmEntry] = Field(default_factory=list)
 
 
-def parse_document(text: str, extra_sections: tuple[str, ...] = ()) -> InventoryDocument:
+def parse_document(text: str) -> InventoryDocument:
     """Parse and validate the whole document; every error names its entry."""
     try:
         raw = yaml.safe_load(text)
@@ -90,23 +177,21 @@ def parse_document(text: str, extra_sections: tuple[str, ...] = ()) -> Inventory
     if not isinstance(raw, dict):
         raise InventoryError("the inventory document must be a mapping with profiles, "
                              "subnets and nodes lists")
-    for kind in KINDS:
+    for kind in LISTS:
         if kind in raw and raw[kind] is not None and not isinstance(raw[kind], list):
             raise InventoryError(f"{kind} must be a list of entries (each starting with "
                                  f"'- name: ...'), not a {type(raw[kind]).__name__}")
-    body = {k: v for k, v in raw.items() if k not in extra_sections}
-    body = {k: (v if v is not None else []) for k, v in body.items()}
-    body["extras"] = {k: raw[k] for k in extra_sections if k in raw}
+    body = {k: v for k, v in raw.items() if v is not None}
     try:
         doc = InventoryDocument.model_validate(body)
     except ValidationError as exc:
-        raise InventoryError(_explain(exc, raw, extra_sections)) from None
+        raise InventoryError(_explain(exc, raw)) from None
     _check_unique(doc)
     return doc
 
 
 def _check_unique(doc: InventoryDocument) -> None:
-    for kind in KINDS:
+    for kind in LISTS:
         names = Counter(e.name for e in getattr(doc, kind))
         twice = sorted(n for n, c in names.items() if c > 1)
         if twice:
@@ -122,8 +207,7 @@ def _check_unique(doc: InventoryDocument) -> None:
             owners[mac] = node.name
 
 
-def _explain(exc: ValidationError, raw: dict[str, Any],
-             extra_sections: tuple[str, ...]) -> str:
+def _explain(exc: ValidationError, raw: dict[str, Any]) -> str:
     """The first error as ``where: what`` (one line), naming the entry by index and name."""
     # A typo shows as an unknown key and a missing one: name the typo first.
     err = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")[0]
@@ -132,8 +216,6 @@ def _explain(exc: ValidationError, raw: dict[str, Any],
     key = loc[-1] if loc else ""
     if err["type"] == "extra_forbidden":
         known = list(model.model_fields) if model is not None else []
-        if model is InventoryDocument:
-            known = [*KINDS, *extra_sections]
         close = difflib.get_close_matches(str(key), known, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else f"; known keys: {', '.join(known)}"
         return f"{where or 'the document'}: unknown key {key!r}{hint}"
@@ -143,10 +225,12 @@ def _explain(exc: ValidationError, raw: dict[str, Any],
     return f"{where}.{key}: {err['msg'].lower()}{got}" if where else f"{key}: {err['msg']}"
 
 
-_ENTRY_MODELS: dict[str, type[BaseModel]] = {
-    "profiles": ProfileEntry, "subnets": SubnetEntry, "nodes": NodeEntry,
-    "pools": PoolEntry, "reservations": ReservationEntry, "interfaces": InterfaceEntry,
-}
+def _entry_model(model: type[BaseModel] | None, key: Any) -> type[BaseModel] | None:
+    """The model of the entries of list field ``key`` of ``model`` (None: not a model list)."""
+    field = model.model_fields.get(str(key)) if model is not None else None
+    args = typing.get_args(field.annotation) if field is not None else ()
+    inner = args[0] if args else None
+    return inner if isinstance(inner, type) and issubclass(inner, BaseModel) else None
 
 
 def _locate(loc: list[Any], raw: Any) -> tuple[str, type[BaseModel] | None, Any]:
@@ -154,16 +238,17 @@ def _locate(loc: list[Any], raw: Any) -> tuple[str, type[BaseModel] | None, Any]
     of the innermost entry, and the offending value."""
     parts: list[str] = []
     model: type[BaseModel] | None = InventoryDocument
+    parent: type[BaseModel] | None = None
     node = raw
-    for i, step in enumerate(loc[:-1]):
+    for step in loc[:-1]:
         node = node[step] if isinstance(node, dict | list) else None
-        if isinstance(step, int):
+        if isinstance(step, int) and parts:
             name = node.get("name") if isinstance(node, dict) else None
             parts[-1] += f"[{step}]" + (f" ({name})" if isinstance(name, str) else "")
-            model = _ENTRY_MODELS.get(str(loc[i - 1]))
+            model = parent
         else:
             parts.append(str(step))
-            model = None
+            parent, model = _entry_model(model, step), None
     last = loc[-1] if loc else None
     value = node.get(last) if isinstance(node, dict) and last is not None else None
     return ".".join(parts), model, value

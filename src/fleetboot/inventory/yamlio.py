@@ -1,19 +1,23 @@
 """Inventory as YAML: export everything, import (create or update by name).
 
-The document has three lists, ``profiles``, ``subnets`` and ``nodes``; an export
+The document has the lists ``profiles``, ``subnets`` and ``nodes`` (with their
+configuration sections), the fleet ``defaults``, and ``flavors``,
+``passthrough_hosts`` and ``vms`` (see ``inventory.backup``); an export
 imports back to the same inventory. Import is one transaction: a bad entry
 aborts it whole, with the entry named in the error.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
 from sqlalchemy.orm import Session
 
-from fleetboot.inventory import document, service
+from fleetboot.errors import FleetbootError
+from fleetboot.inventory import backup, document, service
 from fleetboot.inventory.models import BootAction, BootProfile, Node, Subnet
 
 
@@ -51,7 +55,7 @@ def _boot_doc(node: Node) -> dict[str, Any]:
     return doc
 
 
-def _node_doc(n: Node) -> dict[str, Any]:
+def _node_doc(session: Session, n: Node, secrets: bool) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "name": n.name, "arch": n.arch,
         "interfaces": [
@@ -62,15 +66,26 @@ def _node_doc(n: Node) -> dict[str, Any]:
     }
     if n.attributes:
         doc["attributes"] = dict(n.attributes)
+    if config := backup.config_doc(session, n.name, secrets):
+        doc["config"] = config
     return doc
 
 
-def export_inventory(session: Session) -> str:
-    doc = {
+def export_inventory(session: Session, secrets: bool = False) -> str:
+    """The whole inventory as YAML; secret configuration only with ``secrets``."""
+    doc: dict[str, Any] = {
+        "secrets": "included" if secrets else "omitted",
         "profiles": [_profile_doc(p) for p in service.list_profiles(session)],
         "subnets": [_subnet_doc(s) for s in service.list_subnets(session)],
-        "nodes": [_node_doc(n) for n in service.list_nodes(session)],
+        "nodes": [_node_doc(session, n, secrets) for n in service.list_nodes(session)],
     }
+    if defaults := backup.config_doc(session, None, secrets):
+        doc["defaults"] = defaults
+    for key, docs in (("flavors", backup.flavor_docs(session)),
+                      ("passthrough_hosts", backup.host_docs(session)),
+                      ("vms", backup.vm_docs(session))):
+        if docs:
+            doc[key] = docs
     return yaml.safe_dump(doc, sort_keys=False)
 
 
@@ -84,25 +99,31 @@ def import_inventory(session: Session, text: str,
     must exist there.
     """
     doc = document.parse_document(text)
+    omitted = doc.secrets == "omitted"
+    appliers: dict[str, Callable[[Any], None]] = {
+        "profiles": lambda e: _import_profile(session, e, boot_root),
+        "subnets": lambda e: _import_subnet(session, e),
+        "nodes": lambda e: _import_node(session, e, omitted),
+        "flavors": lambda e: backup.import_flavor(session, e),
+        "passthrough_hosts": lambda e: backup.import_host(session, e),
+        "vms": lambda e: backup.import_vm(session, e),
+    }
     counts = {}
-    for kind in document.KINDS:
+    for kind in document.LISTS:
         entries = getattr(doc, kind)
         for index, entry in enumerate(entries):
             try:
-                _apply(session, entry, boot_root)
-            except (ValueError, service.InventoryError) as exc:
+                appliers[kind](entry)
+            except (ValueError, FleetbootError) as exc:
                 raise service.InventoryError(f"{kind}[{index}] ({entry.name}): {exc}") from None
-        counts[kind] = len(entries)
+        if entries or kind in document.KINDS:
+            counts[kind] = len(entries)
+    if doc.defaults is not None:
+        try:
+            backup.import_config(session, None, doc.defaults, omitted)
+        except FleetbootError as exc:
+            raise service.InventoryError(f"defaults: {exc}") from None
     return counts
-
-
-def _apply(session: Session, entry: Any, boot_root: str | Path | None) -> None:
-    if isinstance(entry, document.ProfileEntry):
-        _import_profile(session, entry, boot_root)
-    elif isinstance(entry, document.SubnetEntry):
-        _import_subnet(session, entry)
-    else:
-        _import_node(session, entry)
 
 
 def _import_profile(session: Session, e: document.ProfileEntry,
@@ -152,7 +173,7 @@ def _sync_ranges(session: Session, subnet: Subnet, e: document.SubnetEntry) -> N
         service.add_pool(session, e.name, pool.start, pool.end)
 
 
-def _import_node(session: Session, e: document.NodeEntry) -> None:
+def _import_node(session: Session, e: document.NodeEntry, secrets_omitted: bool) -> None:
     """Create the node, or update it in place so its own data (configuration
     sections, state, timeline) survives a re-import."""
     nics = [service.NicSpec(service.unicast_mac(i.mac), i.name, i.boot) for i in e.interfaces]
@@ -170,6 +191,8 @@ def _import_node(session: Session, e: document.NodeEntry) -> None:
             service.set_boot(session, e.name, level, BootAction(value))
         else:
             service.set_boot(session, e.name, level, BootAction.PROFILE, profile=value)
+    if e.config is not None:
+        backup.import_config(session, e.name, e.config, secrets_omitted)
 
 
 def _sync_interfaces(session: Session, node: Node, nics: list[service.NicSpec]) -> None:
