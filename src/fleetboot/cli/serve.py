@@ -23,8 +23,10 @@ def serve(
     ready_file: Path | None = typer.Option(
         None, help="write this file once every service listens (for scripts and tests)"),
 ) -> None:
-    """Serve DHCP+PXE, TFTP, HTTP boot and node configuration until SIGINT/SIGTERM."""
+    """Serve DHCP+PXE, TFTP, HTTP boot and node configuration until SIGINT/SIGTERM;
+    SIGHUP reloads the configuration file (what can change while serving)."""
     from fleetboot.server.assemble import assemble
+    from fleetboot.server.reload import ConfigReloader, assembly_appliers
     from fleetboot.server.runtime import tune_gc_for_packets
 
     logging.basicConfig(level=log_level.upper(),
@@ -43,4 +45,5 @@ def serve(
         if ready_file is not None:
             ready_file.write_text("ready\n")
 
-    uvloop.run(assembly.runtime.run_forever(started))
+    reloader = ConfigReloader(cli.config_path, settings, assembly_appliers(assembly))
+    uvloop.run(assembly.runtime.run_forever(started, on_hangup=reloader.reload))

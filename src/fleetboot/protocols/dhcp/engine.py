@@ -102,6 +102,13 @@ class DhcpEngine:
         self.view = view
         self.set_view(view)
 
+    def set_settings(self, settings: DhcpSettings) -> None:
+        """Take new answer policies (SIGHUP); replies built from the old ones are dropped.
+        Addresses (server id, next server) are fixed at start."""
+        self.settings = settings
+        self._blocks.clear()
+        self._boots.clear()
+
     # --- inventory ---------------------------------------------------------------------------
 
     def set_view(self, view: DhcpView) -> None:
