@@ -28,6 +28,7 @@ def serve(
     from fleetboot.server.assemble import assemble
     from fleetboot.server.reload import ConfigReloader, assembly_appliers
     from fleetboot.server.runtime import tune_gc_for_packets
+    from fleetboot.server.startup_checks import startup_warnings
 
     logging.basicConfig(level=log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -37,6 +38,8 @@ def serve(
     if config is not None:
         cli.config_path = config
     settings = cli.settings
+    for warning in startup_warnings(settings):
+        logging.getLogger("fleetboot.serve").warning("%s", warning)
     assembly = assemble(settings, cli.db)
     console.print(f"fleetboot serving {settings.server_address} "
                   f"(database {settings.database.url}, boot root {settings.boot_root})")
