@@ -31,6 +31,13 @@ from fleetboot.inventory.models import (
     Reservation,
     Subnet,
 )
+from fleetboot.protocols.dhcp.options import (
+    MAX_LEASE_SECONDS,
+    MAX_MTU,
+    MAX_OPTION_LEN,
+    MIN_LEASE_SECONDS,
+    MIN_MTU,
+)
 
 
 class InventoryError(FleetbootError):
@@ -298,12 +305,8 @@ def _check_in(net: ipaddress.IPv4Network, addr: ipaddress.IPv4Address, what: str
         raise InventoryError(f"{what} {addr} is not a host address of {net}")
 
 
-# Wire ranges of the stored values a DHCP reply carries (RFC 2132): the lease
-# time is a 32-bit count of seconds (all ones means "infinite", which we never
-# hand out), the MTU a 16-bit value of at least 68, an option at most 255 bytes.
-MIN_LEASE_SECONDS, MAX_LEASE_SECONDS = 60, 0xFFFFFFFE
-MIN_MTU, MAX_MTU = 68, 65535
-MAX_OPTION_BYTES = 255
+# Stored values a DHCP reply carries are checked against their wire ranges
+# (protocols.dhcp.options); a domain is a DNS name of at most 253 characters.
 _DOMAIN = re.compile(r"(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?)+")
 
 
@@ -327,9 +330,9 @@ class SubnetOptions:
         if self.mtu is not None and not MIN_MTU <= self.mtu <= MAX_MTU:
             raise InventoryError(f"MTU {self.mtu} is out of range; give {MIN_MTU} to {MAX_MTU} "
                                  "(1500 for plain Ethernet, 9000 for jumbo frames)")
-        if 4 * len(self.dns) > MAX_OPTION_BYTES:
+        if 4 * len(self.dns) > MAX_OPTION_LEN:
             raise InventoryError(f"{len(self.dns)} DNS servers do not fit in one DHCP option; "
-                                 f"give at most {MAX_OPTION_BYTES // 4}")
+                                 f"give at most {MAX_OPTION_LEN // 4}")
         if self.domain and not (self.domain.isascii() and _DOMAIN.fullmatch(self.domain)):
             raise InventoryError(f"domain {self.domain!r} is not a DNS name like lab.example.com")
         return SubnetOptions(

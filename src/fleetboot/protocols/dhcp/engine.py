@@ -41,7 +41,7 @@ from fleetboot.server.events import BootEvent, EventSink
 BROADCAST = "255.255.255.255"
 CACHE_LIMIT = 4096
 SEEN_LIMIT = 200_000
-MIN_LEASE = 60
+MIN_LEASE = o.MIN_LEASE_SECONDS
 SMALLEST_LIMIT = o.MIN_MAX_MESSAGE_SIZE - o.IP_UDP_HEADERS  # every client accepts this much
 
 
