@@ -81,3 +81,10 @@ def test_removing_a_subnet_that_holds_something_asks(lab, tmp_path: Path) -> Non
     assert lab("subnet", "add", "empty", "10.9.0.0/24").exit_code == 0
     assert lab("subnet", "remove", "empty").exit_code == 0  # nothing to lose: no question
     db.dispose()
+
+
+def test_an_export_with_secrets_is_private(lab, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    assert lab("inventory", "export", "-o", str(tmp_path / "all.yaml"), "--secrets").exit_code == 0
+    assert (tmp_path / "all.yaml").stat().st_mode & 0o777 == 0o600
+    assert "secrets: included" in (tmp_path / "all.yaml").read_text()
+    assert "secrets: omitted" in lab("inventory", "export").output

@@ -149,3 +149,10 @@ def test_an_unchanged_reimport_keeps_subnets_and_their_leases(db: Database) -> N
     with db.session() as s:
         subnet = service.get_subnet(s, "lab")
         assert subnet.mtu == 9000 and [r.address for r in subnet.reservations] == ["10.0.0.5"]
+
+
+def test_the_example_inventory_imports(db: Database) -> None:
+    example = Path(__file__).resolve().parents[2] / "examples" / "inventory.yaml"
+    with db.session() as s:
+        counts = yamlio.import_inventory(s, example.read_text())
+    assert counts == {"profiles": 1, "subnets": 1, "nodes": 1}

@@ -325,6 +325,9 @@ def inventory_export(
     with state(ctx).db.session() as s:
         text = yamlio.export_inventory(s, secrets=secrets)
     if output:
+        if secrets:  # keys and password hashes: readable by the owner only, from the start
+            output.touch(mode=0o600)
+            output.chmod(0o600)
         output.write_text(text)
     else:
         sys.stdout.write(text)
