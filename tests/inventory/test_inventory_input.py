@@ -42,6 +42,8 @@ def _import(db: Database, text: str, boot_root: Path | None = None) -> str:
      "subnets[0] (lab).mtu: input should be a valid integer"),
     ("subnet: []\n", "the document: unknown key 'subnet' (did you mean 'subnets'?)"),
     ("nodes:\n- {interfaces: []}\n", "nodes[0]: missing key 'name'"),
+    ("nodes:\n- {name: n1, interfaces: [{mac: 52:54:00:00:10:01}]}\n",
+     "nodes[0] (n1).interfaces[0].mac: write it in quotes"),
 ])
 def test_document_errors_name_the_entry(sqlite_db: Database, text: str, expected: str) -> None:
     assert expected in _import(sqlite_db, text)

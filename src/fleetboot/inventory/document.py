@@ -221,6 +221,9 @@ def _explain(exc: ValidationError, raw: dict[str, Any]) -> str:
         return f"{where or 'the document'}: unknown key {key!r}{hint}"
     if err["type"] == "missing":
         return f"{where}: missing key {key!r}"
+    if err["type"] == "string_type" and isinstance(node, int) and key in ("mac", "address"):
+        return (f"{where}.{key}: write it in quotes ('52:54:00:12:34:56'): unquoted, YAML "
+                f"reads it as the number {node}")
     got = f" (got {node!r})" if not isinstance(node, dict | list) else ""
     return f"{where}.{key}: {err['msg'].lower()}{got}" if where else f"{key}: {err['msg']}"
 
