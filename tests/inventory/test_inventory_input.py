@@ -35,13 +35,15 @@ def _import(db: Database, text: str, boot_root: Path | None = None) -> str:
      "- {name: a, interfaces: [{mac: '52:54:00:aa:00:02'}]}\n",
      "nodes: a appear(s) more than once"),
     ("nodes:\n- {name: a, interfaces: [{mac: '52:54:00:aa:00:01'}]}\n"
-     "- {name: b, interfaces: [{mac: '52:54:00:AA:00:01'}]}\n", "also an interface of a"),
+     "- {name: b, interfaces: [{mac: '52:54:00:AA:00:01'}]}\n",
+     "nodes[1] (b): MAC 52:54:00:AA:00:01 is also an interface of a"),
     ("subnets:\n- {name: lab, cidr: 10.0.0.0/24, pools: [{start: 10.0.0.10, stop: 10.0.0.20}]}\n",
      "subnets[0] (lab).pools[0]: unknown key 'stop'; known keys: start, end"),
     ("subnets:\n- {name: lab, cidr: 10.0.0.0/24, mtu: '1500'}\n",
      "subnets[0] (lab).mtu: input should be a valid integer"),
     ("subnet: []\n", "the document: unknown key 'subnet' (did you mean 'subnets'?)"),
     ("nodes:\n- {interfaces: []}\n", "nodes[0]: missing key 'name'"),
+    ("nodes:\n- node01\n", "nodes[0]: input should be a valid dictionary"),
     ("nodes:\n- {name: n1, interfaces: [{mac: 52:54:00:00:10:01}]}\n",
      "nodes[0] (n1).interfaces[0].mac: write it in quotes"),
 ])

@@ -198,12 +198,12 @@ def _check_unique(doc: InventoryDocument) -> None:
             raise InventoryError(f"{kind}: {', '.join(twice)} appear(s) more than once; "
                                  "keep one entry per name")
     owners: dict[str, str] = {}
-    for node in doc.nodes:
+    for index, node in enumerate(doc.nodes):
         for iface in node.interfaces:
             mac = iface.mac.lower().replace("-", ":")
             if mac in owners:
-                raise InventoryError(f"nodes ({node.name}): MAC {iface.mac} is also an "
-                                     f"interface of {owners[mac]}; a MAC belongs to one node")
+                raise InventoryError(f"nodes[{index}] ({node.name}): MAC {iface.mac} is also "
+                                     f"an interface of {owners[mac]}; a MAC belongs to one node")
             owners[mac] = node.name
 
 
@@ -225,6 +225,8 @@ def _explain(exc: ValidationError, raw: dict[str, Any]) -> str:
         return (f"{where}.{key}: write it in quotes ('52:54:00:12:34:56'): unquoted, YAML "
                 f"reads it as the number {node}")
     got = f" (got {node!r})" if not isinstance(node, dict | list) else ""
+    if isinstance(key, int):  # the entry itself is wrong, e.g. a bare name
+        return f"{where}[{key}]: {err['msg'].lower()}, like '- name: ...'"
     return f"{where}.{key}: {err['msg'].lower()}{got}" if where else f"{key}: {err['msg']}"
 
 
