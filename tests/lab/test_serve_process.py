@@ -42,6 +42,11 @@ def _lease(lab: Lab, workdir: Path) -> str | None:
     return bound.read_text().strip() if bound.exists() else None
 
 
+def _script(lab: Lab, server: FleetbootServer) -> str:
+    """The iPXE script an unknown machine gets (WAIT: sleep, then ask again)."""
+    return lab.client.run(["curl", "-sf", f"{server.url}/boot/script.ipxe"]).stdout
+
+
 def _wait_for_log(server: FleetbootServer, text: str, timeout_s: float = 15.0) -> str:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -85,14 +90,18 @@ def test_sighup_reloads_the_configuration(lab: Lab, tmp_path: Path) -> None:
     with FleetbootServer.start(lab, tmp_path / "srv", INVENTORY) as server:
         assert _lease(lab, tmp_path) is not None  # unknown clients are served
         settings = yaml.safe_load(server.config_path.read_text())
+        assert "sleep 10" in _script(lab, server)
         settings["dhcp"]["unknown_clients"] = "ignore"
+        settings["http"]["wait_seconds"] = 42
         settings["tftp"] = {"port": 6969}
         server.config_path.write_text(yaml.safe_dump(settings))
         server.process.send_signal(signal.SIGHUP)
         log = _wait_for_log(server, "SIGHUP: configuration reloaded")
-        assert "applied: dhcp.unknown_clients;" in log
+        assert "applied: dhcp.unknown_clients, http.wait_seconds;" in log
         assert "needing a restart: tftp.port" in log
         assert server.running and _lease(lab, tmp_path) is None  # now ignored
+        time.sleep(2.5)  # a rendered script is reused for at most 2 s
+        assert "sleep 42" in _script(lab, server)
 
         good = server.config_path.read_text()
         server.config_path.write_text(good.replace("ignore", "ignored-typo"))

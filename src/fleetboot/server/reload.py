@@ -1,7 +1,8 @@
 """SIGHUP: read ``fleetboot.yaml`` again and apply what can change while serving.
 
 What a running server can take over without dropping a client is applied
-(DHCP answer policies and the architecture table, the admin token); any other
+(DHCP answer policies and the architecture table, what iPXE scripts tell
+unknown and waiting machines, the admin token); any other
 changed key is logged by name as needing a restart. A file that does not load
 (bad YAML, a value out of range) changes nothing: the error is logged and the
 server keeps its configuration.
@@ -91,5 +92,22 @@ def assembly_appliers(assembly: Assembly) -> dict[str, Applier]:
         if assembly.http is not None:
             assembly.http.app.state.fleetboot.admin_token = value
 
-    return {"dhcp.unknown_clients": dhcp_policies, "dhcp.non_boot_interfaces": dhcp_policies,
-            "architectures": dhcp_policies, "security": token}
+    def script_policies(new: Settings) -> None:
+        if assembly.http is None:
+            return
+        scripts = assembly.http.app.state.fleetboot.scripts
+        changes = {k: getattr(new.http, k) for k in SCRIPT_KEYS}
+        http = scripts.settings.http.model_copy(update=changes)
+        # Rendered scripts are reused for at most 2 s, so the next asks get the new policy.
+        scripts.settings = scripts.settings.model_copy(update={"http": http})
+
+    appliers: dict[str, Applier] = {
+        "dhcp.unknown_clients": dhcp_policies, "dhcp.non_boot_interfaces": dhcp_policies,
+        "architectures": dhcp_policies, "security": token}
+    appliers.update({f"http.{k}": script_policies for k in SCRIPT_KEYS})
+    return appliers
+
+
+# What machines not in the inventory (and waiting ones) are told by iPXE scripts.
+SCRIPT_KEYS = ("wait_seconds", "unknown_action", "unknown_menu", "menu_timeout_s",
+               "menu_default")
