@@ -65,7 +65,7 @@ def test_an_inventory_whose_nodes_is_a_mapping(run, tmp_path: Path) -> None:  # 
 @pytest.mark.parametrize("args, expected", [
     (["node", "add", "n 1", "--nic", "52:54:00:aa:bb:01"], "no spaces"),
     (["node", "add", "n1", "--nic", "ff:ff:ff:ff:ff:ff"], "broadcast"),
-    (["node", "add", "n1", "--nic", "52:54:00:aa:bb:01", "--arch", "amd64"],
+    (["node", "add", "n1", "--nic", "52:54:00:aa:bb:01", "--arch", "pdp11"],
      "unknown architecture"),
     (["subnet", "add", "lab", "10.5.0.0/24", "--mtu", "70000"], "MTU 70000 is out of range"),
     (["subnet", "add", "lab", "10.5.0.0/24", "--lease-seconds", "5000000000"], "out of range"),

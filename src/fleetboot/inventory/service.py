@@ -76,8 +76,9 @@ def parse_nic(text: str) -> NicSpec:
 # segment: letters, digits, '-', '_' and '.', starting with a letter or digit.
 _NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 # What `--arch` may say: the kernel's names (uname -m) of the architectures
-# Fleetboot boots.
-ARCHES = ("x86_64", "i386", "aarch64", "armv7l", "riscv64", "ppc64le", "s390x")
+# Fleetboot boots, and the Debian/iPXE names people also type for them.
+ARCHES = ("x86_64", "amd64", "i386", "i686", "aarch64", "arm64", "armv7l", "armhf",
+          "riscv64", "ppc64le", "ppc64el", "s390x", "loongarch64")
 
 
 def check_node_name(name: str) -> str:
