@@ -121,9 +121,10 @@ def _fit_to_wire(info: SubnetInfo, problems: list[str]) -> SubnetInfo:
     fixes: dict[str, Any] = {}
     if info.mtu is not None and not o.MIN_MTU <= info.mtu <= o.MAX_MTU:
         fixes["mtu"] = None
-    if not o.MIN_LEASE_SECONDS <= info.lease_seconds <= o.MAX_LEASE_SECONDS:
-        fixes["lease_seconds"] = min(max(info.lease_seconds, o.MIN_LEASE_SECONDS),
-                                     o.MAX_LEASE_SECONDS)
+    if info.lease_seconds > o.MAX_LEASE_SECONDS:
+        fixes["lease_seconds"] = o.MAX_LEASE_SECONDS
+    elif info.lease_seconds < 1:  # (short leases are the inventory's policy, not the wire's)
+        fixes["lease_seconds"] = o.MIN_LEASE_SECONDS
     if len(info.dns) * 4 > o.MAX_OPTION_LEN:
         fixes["dns"] = info.dns[:o.MAX_OPTION_LEN // 4]
     if info.domain is not None and len(info.domain.encode()) > o.MAX_OPTION_LEN:
