@@ -85,7 +85,7 @@ def test_yaml_round_trip(db: Database, tmp_path) -> None:  # type: ignore[no-unt
     with other.session() as s:
         assert yamlio.export_inventory(s) == text
         yamlio.import_inventory(s, text)  # importing again updates in place
-    with pytest.raises(service.InventoryError, match="nodes entry bad"), other.session() as s:
+    with pytest.raises(service.InventoryError, match=r"nodes\[0\] \(bad\)"), other.session() as s:
         yamlio.import_inventory(s, "nodes: [{name: bad, interfaces: [{mac: nonsense}]}]")
     other.dispose()
 

@@ -49,6 +49,32 @@ def check_image_name(name: str) -> str:
     return name
 
 
+# Signatures of an initrd: a cpio archive ("newc", "crc", "odc") or the compressed
+# forms the kernel unpacks (gzip, zstd, xz, lz4 legacy, bzip2, lzma).
+_INITRD_MAGIC = (b"070701", b"070702", b"070707", b"\x1f\x8b", b"\x28\xb5\x2f\xfd",
+                 b"\xfd7zXZ\x00", b"\x02\x21\x4c\x18", b"BZh", b"\x5d\x00\x00")
+
+
+def image_role(head: bytes, name: str) -> str | None:
+    """``kernel``, ``initrd`` or None, from the first 4 KiB of a file (pure).
+
+    x86 kernels carry "HdrS" at 0x202 (the boot protocol header), arm64 and
+    RISC-V Images "ARM\\x64" at 0x38 and "RSC\\x05" at 0x38; an initrd is a
+    (compressed) cpio archive, and is named like one when the content is ambiguous.
+    """
+    if head[0x202:0x206] == b"HdrS" or head[0x38:0x3C] in (b"ARM\x64", b"RSC\x05"):
+        return "kernel"
+    lowered = name.lower()
+    if any(word in lowered for word in ("initrd", "initramfs")) or head.startswith(
+            _INITRD_MAGIC[:3]):
+        return "initrd"
+    if any(word in lowered for word in ("vmlinuz", "vmlinux", "bzimage", "kernel")):
+        return "kernel"
+    if head.startswith(_INITRD_MAGIC):
+        return "initrd"
+    return None
+
+
 @dataclass(frozen=True)
 class StoredImage:
     digest: str  # the sha256 prefix (PREFIX_LEN hex digits)

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 import typer
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy.exc import IntegrityError
 
 from fleetboot.config import Settings, load_settings
 from fleetboot.errors import FleetbootError
@@ -63,6 +64,13 @@ def friendly_errors(func: F) -> F:
             return func(*args, **kwargs)
         except FleetbootError as exc:
             raise fail(str(exc)) from None
+        except IntegrityError as exc:  # a rule the service layer missed: still one line
+            raise fail(f"the change conflicts with what is stored ({exc.orig}); "
+                       "look at the existing entry with the matching list command") from None
+        except OSError as exc:  # a file named on the command line
+            what = f"{exc.filename}: " if exc.filename else ""
+            raise fail(f"{what}{exc.strerror or exc}; check the path and its "
+                       "permissions") from None
 
     return wrapper  # type: ignore[return-value]
 

@@ -7,7 +7,13 @@ from pathlib import Path
 
 import typer
 
-from fleetboot.boot.images import ImageError, ImageStore, referenced_by, remove_image
+from fleetboot.boot.images import (
+    ImageError,
+    ImageStore,
+    image_role,
+    referenced_by,
+    remove_image,
+)
 from fleetboot.cli.common import console, friendly_errors, state, table
 
 app = typer.Typer(help="Kernels, initrds and images: stored by content, never replaced.",
@@ -38,8 +44,19 @@ def image_add(
     image, created = _store(ctx).add(file, name)
     verb = "stored" if created else "already stored"
     console.print(f"{verb} [bold]{image.path}[/] ({_size(image.size)})")
-    console.print(f"use it with: fleetboot profile add NAME --kernel {image.path} ...",
-                  style="dim", soft_wrap=True)
+    console.print(_usage(file, image.name, image.path), style="dim", soft_wrap=True)
+
+
+def _usage(file: Path, name: str, path: str) -> str:
+    """How to use the stored file, from what it is (kernel, initrd or something else)."""
+    with file.open("rb") as f:
+        role = image_role(f.read(4096), name)
+    if role == "kernel":
+        return f"use it with: fleetboot profile add NAME --kernel {path} [--initrd ...]"
+    if role == "initrd":
+        return f"use it with: fleetboot profile add NAME --kernel ... --initrd {path}"
+    return (f"use it as --kernel or --initrd of `fleetboot profile add`, or fetch it from "
+            f"/boot/files/{path}")
 
 
 @app.command("list")

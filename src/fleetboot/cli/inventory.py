@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -90,7 +92,7 @@ def node_edit(
         if boot_nic:
             service.set_boot_interface(s, name, boot_nic)
         if arch:
-            service.get_node(s, name).arch = arch
+            service.get_node(s, name).arch = service.check_arch(arch)
     console.print(f"updated node [bold]{name}[/]")
 
 
@@ -146,31 +148,108 @@ def subnet_add(
         service.add_subnet(s, name, cidr, router=router, dns=dns, domain=domain,
                            lease_seconds=lease_seconds, next_server=next_server, mtu=mtu)
         for text in pool:
-            start, sep, end = text.partition("-")
-            if not sep:
-                raise service.InventoryError(f"pool {text!r} must be START-END")
-            service.add_pool(s, name, start, end)
+            service.add_pool(s, name, *_pool_range(text))
     console.print(f"added subnet [bold]{name}[/] {cidr}")
 
 
 @subnet_app.command("list")
 @friendly_errors
 def subnet_list(ctx: typer.Context) -> None:
-    """List subnets with their pools and reservations."""
+    """List subnets with their pools and reservations (`subnet show NAME` for details)."""
     with state(ctx).db.session() as s:
         tab = table("subnet", "cidr", "router", "pools", "reservations", "lease")
         for sub in service.list_subnets(s):
             pools = ", ".join(f"{p.start}-{p.end}" for p in sub.pools)
-            tab.add_row(sub.name, sub.cidr, sub.router or "-", pools,
-                        str(len(sub.reservations)), f"{sub.lease_seconds}s")
+            reserved = ", ".join(f"{r.address} {r.mac}" for r in sub.reservations)
+            tab.add_row(sub.name, sub.cidr, sub.router or "-", pools, reserved or "-",
+                        f"{sub.lease_seconds}s")
         console.print(tab)
+
+
+@subnet_app.command("show")
+@friendly_errors
+def subnet_show(ctx: typer.Context, name: str) -> None:
+    """Show one subnet: what it tells clients, its pools and its reservations."""
+    with state(ctx).db.session() as s:
+        sub = service.get_subnet(s, name)
+        console.print(f"subnet [bold]{sub.name}[/] {sub.cidr}")
+        for label, value in (("router", sub.router), ("dns", ", ".join(sub.dns_servers)),
+                             ("domain", sub.domain), ("lease", f"{sub.lease_seconds}s"),
+                             ("next server", sub.next_server), ("mtu", sub.mtu)):
+            console.print(f"  {label}: {value if value not in (None, '') else '-'}")
+        pools = table("pool start", "pool end")
+        for p in sub.pools:
+            pools.add_row(p.start, p.end)
+        console.print(pools)
+        res = table("reserved address", "mac", "hostname", "node")
+        for r in sub.reservations:
+            node = service.node_by_mac(s, r.mac)
+            res.add_row(r.address, r.mac, r.hostname or "-", node.name if node else "-")
+        console.print(res)
+
+
+_CLEARABLE = ("router", "dns", "domain", "next-server", "mtu")
+
+
+@subnet_app.command("set")
+@friendly_errors
+def subnet_set(
+    ctx: typer.Context,
+    name: str,
+    cidr: str | None = typer.Option(None, help="a new network; pools and reservations must "
+                                    "still be inside it"),
+    router: str | None = typer.Option(None),
+    dns: list[str] = typer.Option([], help="DNS server; repeat (replaces the list)"),
+    domain: str | None = typer.Option(None),
+    lease_seconds: int | None = typer.Option(None),
+    next_server: str | None = typer.Option(None),
+    mtu: int | None = typer.Option(None),
+    add_pool: list[str] = typer.Option([], help="START-END; repeat"),
+    remove_pool: list[str] = typer.Option([], help="START-END; repeat"),
+    clear: list[str] = typer.Option([], help=f"unset: {', '.join(_CLEARABLE)}; repeat"),
+) -> None:
+    """Change a subnet in place (its leases, pools and reservations stay)."""
+    if unknown := set(clear) - set(_CLEARABLE):
+        raise service.InventoryError(f"--clear {', '.join(sorted(unknown))}: use one of "
+                                     f"{', '.join(_CLEARABLE)}")
+    with state(ctx).db.session() as s:
+        now = service.SubnetOptions.of(service.get_subnet(s, name))
+        changes: dict[str, Any] = {
+            "router": router, "dns": tuple(dns) or None, "domain": domain,
+            "lease_seconds": lease_seconds, "next_server": next_server, "mtu": mtu}
+        fields: dict[str, Any] = {k: v for k, v in changes.items() if v is not None}
+        for key in clear:
+            fields[key.replace("-", "_")] = () if key == "dns" else None
+        service.set_subnet(s, name, replace(now, **fields), cidr=cidr)
+        for text in remove_pool:
+            service.remove_pool(s, name, *_pool_range(text))
+        for text in add_pool:
+            service.add_pool(s, name, *_pool_range(text))
+    console.print(f"updated subnet [bold]{name}[/]")
+
+
+def _pool_range(text: str) -> tuple[str, str]:
+    start, sep, end = text.partition("-")
+    if not sep:
+        raise service.InventoryError(f"pool {text!r} must be START-END")
+    return start, end
 
 
 @subnet_app.command("remove")
 @friendly_errors
-def subnet_remove(ctx: typer.Context, name: str) -> None:
-    """Stop serving a subnet (its pools and reservations go with it)."""
+def subnet_remove(
+    ctx: typer.Context, name: str,
+    yes: bool = typer.Option(False, "--yes", "-y", help="do not ask; remove what goes with it"),
+) -> None:
+    """Stop serving a subnet; its pools and reservations go with it (asks first)."""
     with state(ctx).db.session() as s:
+        contents = service.subnet_contents(s, name).describe()
+        if contents and not yes:
+            if not sys.stdin.isatty():
+                raise service.InventoryError(
+                    f"subnet {name!r} has {contents}; removing it drops the pools and "
+                    "reservations and leaves the leases without a subnet: run again with --yes")
+            typer.confirm(f"subnet {name} has {contents}; remove it with them?", abort=True)
         service.remove_subnet(s, name)
     console.print(f"removed subnet [bold]{name}[/]")
 
@@ -209,7 +288,8 @@ def profile_add(
     """Register a boot profile (immutable: a new version is a new name)."""
     with state(ctx).db.session() as s:
         service.add_profile(s, name, kernel=kernel, initrd=initrd, cmdline=cmdline,
-                            script=script.read_text() if script else None)
+                            script=script.read_text() if script else None,
+                            boot_root=state(ctx).settings.boot_root)
     console.print(f"added profile [bold]{name}[/]")
 
 
@@ -237,11 +317,17 @@ def profile_remove(ctx: typer.Context, name: str) -> None:
 @friendly_errors
 def inventory_export(
     ctx: typer.Context, output: Path | None = typer.Option(None, "-o", help="file (default -)"),
+    secrets: bool = typer.Option(False, "--secrets", help="include accounts, tunnels and "
+                                 "secret files (keep such a file private)"),
 ) -> None:
-    """Write the whole inventory as YAML."""
+    """Write the whole inventory as YAML: nodes with their configuration, subnets,
+    profiles, fleet defaults, flavors, passthrough hosts and VM definitions."""
     with state(ctx).db.session() as s:
-        text = yamlio.export_inventory(s)
+        text = yamlio.export_inventory(s, secrets=secrets)
     if output:
+        if secrets:  # keys and password hashes: readable by the owner only, from the start
+            output.touch(mode=0o600)
+            output.chmod(0o600)
         output.write_text(text)
     else:
         sys.stdout.write(text)
@@ -254,5 +340,6 @@ def inventory_import(ctx: typer.Context, source: Path) -> None:
     if not source.exists():
         raise service.InventoryError(f"{source} does not exist")
     with state(ctx).db.session() as s:
-        counts = yamlio.import_inventory(s, source.read_text())
+        counts = yamlio.import_inventory(s, source.read_text(),
+                                         boot_root=state(ctx).settings.boot_root)
     console.print("imported " + ", ".join(f"{n} {k}" for k, n in counts.items()))

@@ -23,9 +23,12 @@ def serve(
     ready_file: Path | None = typer.Option(
         None, help="write this file once every service listens (for scripts and tests)"),
 ) -> None:
-    """Serve DHCP+PXE, TFTP, HTTP boot and node configuration until SIGINT/SIGTERM."""
+    """Serve DHCP+PXE, TFTP, HTTP boot and node configuration until SIGINT/SIGTERM;
+    SIGHUP reloads the configuration file (what can change while serving)."""
     from fleetboot.server.assemble import assemble
+    from fleetboot.server.reload import ConfigReloader, assembly_appliers
     from fleetboot.server.runtime import tune_gc_for_packets
+    from fleetboot.server.startup_checks import startup_warnings
 
     logging.basicConfig(level=log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -35,6 +38,8 @@ def serve(
     if config is not None:
         cli.config_path = config
     settings = cli.settings
+    for warning in startup_warnings(settings):
+        logging.getLogger("fleetboot.serve").warning("%s", warning)
     assembly = assemble(settings, cli.db)
     console.print(f"fleetboot serving {settings.server_address} "
                   f"(database {settings.database.url}, boot root {settings.boot_root})")
@@ -43,4 +48,5 @@ def serve(
         if ready_file is not None:
             ready_file.write_text("ready\n")
 
-    uvloop.run(assembly.runtime.run_forever(started))
+    reloader = ConfigReloader(cli.config_path, settings, assembly_appliers(assembly))
+    uvloop.run(assembly.runtime.run_forever(started, on_hangup=reloader.reload))

@@ -44,3 +44,19 @@ def parse_network(text: str) -> ipaddress.IPv4Network:
         raise AddressError(
             f"{text!r} is not an IPv4 network ({exc}); write it like 10.0.0.0/24"
         ) from None
+
+
+def unicast_mac(text: str) -> str:
+    """``normalize_mac`` plus what a real NIC's address must be: not all-zero, not
+    broadcast, not multicast (the group bit, bit 0 of the first octet)."""
+    mac = normalize_mac(text)
+    if mac == "00:00:00:00:00:00":
+        raise AddressError(f"{text!r} is the all-zero MAC, which no NIC has; "
+                           "copy the address from the machine (ip link)")
+    if mac == "ff:ff:ff:ff:ff:ff":
+        raise AddressError(f"{text!r} is the broadcast MAC, which no NIC has; "
+                           "copy the address from the machine (ip link)")
+    if int(mac[:2], 16) & 1:
+        raise AddressError(f"{text!r} is a multicast MAC (odd first octet), which no NIC "
+                           "has; copy the address from the machine (ip link)")
+    return mac

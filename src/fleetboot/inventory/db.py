@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import Engine, MetaData, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from fleetboot.errors import FleetbootError
@@ -47,7 +47,22 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    try:
+        return create_engine(url, pool_pre_ping=True)
+    except (ImportError, NoSuchModuleError, ArgumentError) as exc:
+        where = _shown(url)
+        raise DatabaseUnavailable(
+            f"cannot use the database URL {where!r} ({exc}); Fleetboot supports "
+            "sqlite:///PATH and postgresql+psycopg://USER@HOST/NAME: fix database.url in "
+            "fleetboot.yaml or FLEETBOOT_DB") from None
+
+
+def _shown(url: str) -> str:
+    """The URL for a message, without its password."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url.split("@")[-1]
 
 
 def import_all_models() -> None:

@@ -1,18 +1,23 @@
 """Inventory as YAML: export everything, import (create or update by name).
 
-The document has three lists, ``profiles``, ``subnets`` and ``nodes``; an export
+The document has the lists ``profiles``, ``subnets`` and ``nodes`` (with their
+configuration sections), the fleet ``defaults``, and ``flavors``,
+``passthrough_hosts`` and ``vms`` (see ``inventory.backup``); an export
 imports back to the same inventory. Import is one transaction: a bad entry
 aborts it whole, with the entry named in the error.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import yaml
 from sqlalchemy.orm import Session
 
-from fleetboot.inventory import service
+from fleetboot.errors import FleetbootError
+from fleetboot.inventory import backup, document, service
 from fleetboot.inventory.models import BootAction, BootProfile, Node, Subnet
 
 
@@ -50,7 +55,7 @@ def _boot_doc(node: Node) -> dict[str, Any]:
     return doc
 
 
-def _node_doc(n: Node) -> dict[str, Any]:
+def _node_doc(session: Session, n: Node, secrets: bool) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "name": n.name, "arch": n.arch,
         "interfaces": [
@@ -61,95 +66,133 @@ def _node_doc(n: Node) -> dict[str, Any]:
     }
     if n.attributes:
         doc["attributes"] = dict(n.attributes)
+    if config := backup.config_doc(session, n.name, secrets):
+        doc["config"] = config
     return doc
 
 
-def export_inventory(session: Session) -> str:
-    doc = {
+def export_inventory(session: Session, secrets: bool = False) -> str:
+    """The whole inventory as YAML; secret configuration only with ``secrets``."""
+    doc: dict[str, Any] = {
+        "secrets": "included" if secrets else "omitted",
         "profiles": [_profile_doc(p) for p in service.list_profiles(session)],
         "subnets": [_subnet_doc(s) for s in service.list_subnets(session)],
-        "nodes": [_node_doc(n) for n in service.list_nodes(session)],
+        "nodes": [_node_doc(session, n, secrets) for n in service.list_nodes(session)],
     }
+    if defaults := backup.config_doc(session, None, secrets):
+        doc["defaults"] = defaults
+    for key, docs in (("flavors", backup.flavor_docs(session)),
+                      ("passthrough_hosts", backup.host_docs(session)),
+                      ("vms", backup.vm_docs(session))):
+        if docs:
+            doc[key] = docs
     return yaml.safe_dump(doc, sort_keys=False)
 
 
-def import_inventory(session: Session, text: str) -> dict[str, int]:
-    """Create or update every entry; returns how many of each kind were applied."""
-    try:
-        doc = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise service.InventoryError(f"not valid YAML: {exc}") from None
-    if not isinstance(doc, dict):
-        raise service.InventoryError("the inventory document must be a mapping with "
-                                     "profiles, subnets and nodes lists")
+def import_inventory(session: Session, text: str,
+                     boot_root: str | Path | None = None) -> dict[str, int]:
+    """Create or update every entry; returns how many of each kind were applied.
+
+    The document is parsed whole first (strict: unknown keys, wrong types and
+    duplicates are refused); then each entry goes through the service layer,
+    which checks values the way the CLI does. With ``boot_root`` profile files
+    must exist there.
+    """
+    doc = document.parse_document(text)
+    omitted = doc.secrets == "omitted"
+    appliers: dict[str, Callable[[Any], None]] = {
+        "profiles": lambda e: _import_profile(session, e, boot_root),
+        "subnets": lambda e: _import_subnet(session, e),
+        "nodes": lambda e: _import_node(session, e, omitted),
+        "flavors": lambda e: backup.import_flavor(session, e),
+        "passthrough_hosts": lambda e: backup.import_host(session, e),
+        "vms": lambda e: backup.import_vm(session, e),
+    }
     counts = {}
-    for kind, apply in (("profiles", _import_profile), ("subnets", _import_subnet),
-                        ("nodes", _import_node)):
-        entries = doc.get(kind) or []
+    for kind in document.LISTS:
+        entries = getattr(doc, kind)
         for index, entry in enumerate(entries):
             try:
-                apply(session, entry)
-            except (KeyError, TypeError, ValueError, service.InventoryError) as exc:
-                label = entry.get("name", f"#{index + 1}") if isinstance(entry, dict) else index
-                raise service.InventoryError(f"{kind} entry {label}: {_reason(exc)}") from None
-        counts[kind] = len(entries)
+                appliers[kind](entry)
+            except (ValueError, FleetbootError) as exc:
+                raise service.InventoryError(f"{kind}[{index}] ({entry.name}): {exc}") from None
+        if entries or kind in document.KINDS:
+            counts[kind] = len(entries)
+    if doc.defaults is not None:
+        try:
+            backup.import_config(session, None, doc.defaults, omitted)
+        except FleetbootError as exc:
+            raise service.InventoryError(f"defaults: {exc}") from None
     return counts
 
 
-def _reason(exc: Exception) -> str:
-    return f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
-
-
-def _import_profile(session: Session, e: dict[str, Any]) -> None:
-    existing = session.query(BootProfile).filter_by(name=e["name"]).one_or_none()
+def _import_profile(session: Session, e: document.ProfileEntry,
+                    boot_root: str | Path | None) -> None:
+    existing = session.query(BootProfile).filter_by(name=e.name).one_or_none()
     if existing is None:
-        service.add_profile(session, e["name"], kernel=e.get("kernel"), initrd=e.get("initrd"),
-                            cmdline=e.get("cmdline", ""), script=e.get("script"))
+        service.add_profile(session, e.name, kernel=e.kernel, initrd=e.initrd,
+                            cmdline=e.cmdline, script=e.script, boot_root=boot_root)
         return
     same = (existing.kernel, existing.initrd, existing.cmdline or "", existing.script) == (
-        e.get("kernel"), e.get("initrd"), e.get("cmdline", ""), e.get("script"))
+        e.kernel, e.initrd, e.cmdline, e.script)
     if not same:
         raise service.InventoryError("differs from the existing profile of that name; "
                                      "profiles are immutable, use a new name")
 
 
-def _import_subnet(session: Session, e: dict[str, Any]) -> None:
-    existing = session.query(Subnet).filter_by(name=e["name"]).one_or_none()
-    if existing is not None:
-        session.delete(existing)
-        session.flush()
-    service.add_subnet(
-        session, e["name"], e["cidr"], router=e.get("router"), dns=e.get("dns", []),
-        domain=e.get("domain"), lease_seconds=int(e.get("lease_seconds", 3600)),
-        next_server=e.get("next_server"), mtu=e.get("mtu"),
-    )
-    for pool in e.get("pools", []):
-        service.add_pool(session, e["name"], pool["start"], pool["end"])
-    for res in e.get("reservations", []):
-        service.add_reservation(session, e["name"], res["mac"], res["address"],
-                                res.get("hostname"))
+def _import_subnet(session: Session, e: document.SubnetEntry) -> None:
+    """Create the subnet or change it in place: its id stays, so leases keep it."""
+    options = service.SubnetOptions(e.router, tuple(e.dns), e.domain, e.lease_seconds,
+                                    e.next_server, e.mtu)
+    existing = session.query(Subnet).filter_by(name=e.name).one_or_none()
+    if existing is None:
+        service.add_subnet(session, e.name, e.cidr, router=e.router, dns=e.dns,
+                           domain=e.domain, lease_seconds=e.lease_seconds,
+                           next_server=e.next_server, mtu=e.mtu)
+        existing = service.get_subnet(session, e.name)
+    else:
+        service.set_subnet(session, e.name, options, cidr=e.cidr)
+    _sync_ranges(session, existing, e)
 
 
-def _import_node(session: Session, e: dict[str, Any]) -> None:
+def _sync_ranges(session: Session, subnet: Subnet, e: document.SubnetEntry) -> None:
+    """Replace the pools and reservations only when they differ (their rows carry no
+    lease, so replacing them loses nothing)."""
+    have_pools = [(p.start, p.end) for p in subnet.pools]
+    have_res = [(r.mac, r.address, r.hostname) for r in subnet.reservations]
+    want_pools = [(p.start, p.end) for p in e.pools]
+    want_res = [(service.normalize_mac(r.mac), r.address, r.hostname) for r in e.reservations]
+    if (have_pools, have_res) == (want_pools, want_res):
+        return
+    subnet.pools.clear()
+    subnet.reservations.clear()
+    session.flush()
+    for res in e.reservations:
+        service.add_reservation(session, e.name, res.mac, res.address, res.hostname)
+    for pool in e.pools:
+        service.add_pool(session, e.name, pool.start, pool.end)
+
+
+def _import_node(session: Session, e: document.NodeEntry, secrets_omitted: bool) -> None:
     """Create the node, or update it in place so its own data (configuration
     sections, state, timeline) survives a re-import."""
-    nics = [service.NicSpec(service.normalize_mac(i["mac"]), i.get("name", ""),
-                            bool(i.get("boot"))) for i in e.get("interfaces", [])]
-    existing = session.query(Node).filter_by(name=e["name"]).one_or_none()
+    nics = [service.NicSpec(service.unicast_mac(i.mac), i.name, i.boot) for i in e.interfaces]
+    existing = session.query(Node).filter_by(name=e.name).one_or_none()
     if existing is None:
-        service.add_node(session, e["name"], nics, arch=e.get("arch", "x86_64"),
-                         attributes=e.get("attributes"))
+        service.add_node(session, e.name, nics, arch=e.arch, attributes=e.attributes)
     else:
-        existing.arch = e.get("arch", "x86_64")
-        existing.attributes = dict(e.get("attributes") or {})
+        existing.arch = service.check_arch(e.arch)
+        existing.attributes = dict(e.attributes)
         _sync_interfaces(session, existing, nics)
     for level in service.LEVELS[1:]:  # levels absent from the file are cleared
-        service.set_boot(session, e["name"], level, None)
-    for level, value in (e.get("boot") or {}).items():
+        service.set_boot(session, e.name, level, None)
+    for level, value in e.boot.items():
         if value in {a.value for a in BootAction} and value != BootAction.PROFILE.value:
-            service.set_boot(session, e["name"], level, BootAction(value))
+            service.set_boot(session, e.name, level, BootAction(value))
         else:
-            service.set_boot(session, e["name"], level, BootAction.PROFILE, profile=value)
+            service.set_boot(session, e.name, level, BootAction.PROFILE, profile=value)
+    if e.config is not None:
+        backup.import_config(session, e.name, e.config, secrets_omitted)
 
 
 def _sync_interfaces(session: Session, node: Node, nics: list[service.NicSpec]) -> None:

@@ -183,13 +183,13 @@ class FleetbootServer:
         inv_path.write_text(inventory if isinstance(inventory, str)
                             else yaml.safe_dump(inventory, sort_keys=False))
         env = _cli_env(config_path)
-        # Storing images touches only the boot root, so it runs beside the import.
+        # The images first: the import checks that profiles name files in the boot root.
         items = list((images or {}).items())
         adding = _spawn([["image", "add", str(src), "--name", name] for name, src in items],
                         env, workdir)
+        stored = _stored_paths(items, _collect(adding))
         imported = subprocess.run(fleetboot_argv("inventory", "import", str(inv_path)),
                                   env=env, capture_output=True, text=True)
-        stored = _stored_paths(items, _collect(adding))
         if imported.returncode != 0:
             raise FleetError(f"inventory import failed: {imported.stderr or imported.stdout}")
         if setup:

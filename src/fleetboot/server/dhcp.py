@@ -26,6 +26,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import os
 import signal
 import socket
 import struct
@@ -46,6 +47,7 @@ from fleetboot.protocols.dhcp.settings import ArchBoot, DhcpSettings
 from fleetboot.protocols.dhcp.view import DhcpView
 from fleetboot.server.dhcp_view import load_view
 from fleetboot.server.events import BootEvent, EventSink
+from fleetboot.server.instance_lock import claim_interfaces, release
 from fleetboot.server.leases import LeaseJournal, load_leases
 from fleetboot.server.metrics import Metrics, RateLimitedLog, registry
 from fleetboot.server.runtime import freeze_startup_objects, tune_gc_for_packets
@@ -126,13 +128,19 @@ def udp_socket(address: str, port: int, device: str | None) -> socket.socket:
     return sock
 
 
-def open_listeners(settings: DhcpSettings) -> list[Listener]:
+def serving_interfaces(settings: DhcpSettings) -> list[str]:
+    """The interfaces DHCP listens on (none: one unicast socket on a fixed address)."""
     names = list(settings.interfaces)
     if not names and settings.address == "0.0.0.0":
         names = all_interfaces()
         if not names:
             raise DhcpServiceError("no interface with an IPv4 address to serve DHCP on; "
                                    "set dhcp.interfaces")
+    return names
+
+
+def open_listeners(settings: DhcpSettings) -> list[Listener]:
+    names = serving_interfaces(settings)
     ports = [(settings.port, False)]
     if settings.proxy:
         ports.append((settings.proxy_port, True))
@@ -146,8 +154,7 @@ def open_listeners(settings: DhcpSettings) -> list[Listener]:
         for name in names:
             local = interface_address(name)
             if not local and not settings.server_id:
-                raise DhcpServiceError(f"interface {name} has no IPv4 address; give it one or "
-                                       "set dhcp server_id")
+                raise DhcpServiceError(_no_address(name))
             for port, proxy in ports:
                 out.append(Listener(udp_socket("0.0.0.0", port, name), name, local, proxy))
     except BaseException:
@@ -155,6 +162,15 @@ def open_listeners(settings: DhcpSettings) -> list[Listener]:
             listener.sock.close()
         raise
     return out
+
+
+def _no_address(name: str) -> str:
+    """Why an interface in ``dhcp.interfaces`` cannot be served, and what to do."""
+    if not os.path.exists(f"/sys/class/net/{name}"):
+        return (f"dhcp.interfaces names {name}, which does not exist on this host; "
+                "list the interfaces with `ip -br addr` and fix dhcp.interfaces")
+    return (f"interface {name} (in dhcp.interfaces) has no IPv4 address; give it one "
+            f"(ip addr add 10.0.0.1/24 dev {name}) or remove it from dhcp.interfaces")
 
 
 class Pacer:
@@ -199,6 +215,7 @@ class DhcpService:
         self.engine: DhcpEngine | None = None
         self.journal: LeaseJournal | None = None
         self.listeners: list[Listener] = []
+        self._claims: list[socket.socket] = []  # one per interface, see instance_lock
         self._loop: asyncio.AbstractEventLoop | None = None
         self._rlog = RateLimitedLog(log)
         self._pacer = Pacer(settings.tx_pace_per_s, settings.tx_burst)
@@ -218,11 +235,13 @@ class DhcpService:
 
     async def start(self) -> None:
         loop = self._loop = asyncio.get_running_loop()
-        view = await asyncio.to_thread(self.view_loader)
-        rows = await asyncio.to_thread(load_leases, self.db)
-        self.leases.load(rows)
-        self.listeners = open_listeners(self.settings)
+        # First: ports are shared (SO_REUSEADDR), interfaces are not.
+        self._claims = claim_interfaces(serving_interfaces(self.settings))
         try:
+            view = await asyncio.to_thread(self.view_loader)
+            rows = await asyncio.to_thread(load_leases, self.db)
+            self.leases.load(rows)
+            self.listeners = open_listeners(self.settings)
             self.engine = DhcpEngine(
                 self.settings, view, self.leases, events=self.events, on_drop=self._on_drop,
                 server_addresses=tuple(lst.local for lst in self.listeners if lst.local))
@@ -256,6 +275,7 @@ class DhcpService:
         for listener in self.listeners:
             listener.sock.close()
         self.listeners = []
+        release(self._claims)
         self.metrics.unregister("dhcp")
 
     async def reload(self) -> None:

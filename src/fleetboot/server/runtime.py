@@ -102,11 +102,24 @@ class Runtime:
     def request_stop(self) -> None:
         self._stopping.set()
 
-    async def run_forever(self, on_started: Callable[[], None] | None = None) -> None:
-        """Start, serve until SIGINT/SIGTERM, stop."""
+    @staticmethod
+    def _hangup(on_hangup: Callable[[], object] | None) -> None:
+        if on_hangup is None:
+            log.info("SIGHUP ignored: nothing to reload")
+            return
+        try:
+            on_hangup()
+        except Exception:  # a reload must never take the server down
+            log.exception("reloading the configuration failed; keeping the current one")
+
+    async def run_forever(self, on_started: Callable[[], None] | None = None,
+                          on_hangup: Callable[[], object] | None = None) -> None:
+        """Start, serve until SIGINT/SIGTERM, stop. SIGHUP calls ``on_hangup`` (reload the
+        configuration) and is otherwise ignored: its default action would end the process."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self._hangup, on_hangup)
         await self.start()
         if on_started is not None:
             on_started()

@@ -41,6 +41,18 @@ async def _ip(netns: str | None, *args: str) -> tuple[int, str]:
     return proc.returncode or 0, err.decode(errors="replace").strip()
 
 
+async def check_bridge(bridge: str, netns: str | None = None) -> None:
+    """Refuse a ``bridge:NAME`` backend whose bridge does not exist where QEMU will run."""
+    argv = ["ip", *(("-n", netns) if netns else ()), "-d", "-o", "link", "show", "dev", bridge]
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+    out, _ = await proc.communicate()
+    if proc.returncode != 0 or b" bridge " not in out:  # the details name the link kind
+        where = f" in namespace {netns}" if netns else ""
+        raise VmError(f"bridge {bridge} does not exist{where}; create it (ip link add {bridge} "
+                      "type bridge) or name an existing one in backend=bridge:NAME")
+
+
 async def create_tap(name: str, bridge: str, netns: str | None = None) -> None:
     for args in (("tuntap", "add", name, "mode", "tap"),
                  ("link", "set", name, "master", bridge),

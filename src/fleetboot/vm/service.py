@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import difflib
 import fcntl
 import json
 import os
@@ -65,7 +66,7 @@ from fleetboot.vm.models import (
     VmHost,
     VmStatus,
 )
-from fleetboot.vm.net import create_tap, delete_tap, tap_name
+from fleetboot.vm.net import check_bridge, create_tap, delete_tap, tap_name
 from fleetboot.vm.planner import DeviceRequest, Kind, Layout, State
 from fleetboot.vm.qemu_argv import (
     DeviceDef,
@@ -475,7 +476,9 @@ class VmService:
         if firmware is Firmware.UEFI:
             require_ovmf(self.settings.ovmf_code, self.settings.ovmf_vars)
         machine_type = await self.pin_machine_type(spec.family, spec.machine_type)
-        extras = parse_extra_args(spec.extra_args, spec.family, await self.catalog())
+        catalog = await self.catalog()
+        extras = parse_extra_args(spec.extra_args, spec.family, catalog)
+        await _check_nics(spec.nics, catalog, spec.netns)
         with self.db.session() as s:
             if s.scalars(select(Instance.id).where(Instance.name == spec.name)).first():
                 raise SpecError(f"a VM named {spec.name!r} exists already")
@@ -1229,6 +1232,19 @@ class _Plan:
     nic_ids: tuple[str, ...]
     disk_ids: tuple[str, ...]
     other: tuple[tuple[str, DeviceKind, dict[str, Any]], ...]
+
+
+async def _check_nics(nics: Sequence[NicSpec], catalog: DriverCatalog,
+                      netns: str | None) -> None:
+    """Every NIC model is a network device this QEMU has; every bridge exists."""
+    for nic in nics:
+        if nic.model not in catalog.network:
+            close = difflib.get_close_matches(nic.model, sorted(catalog.network), n=3)
+            hint = f"did you mean {' or '.join(close)}? " if close else ""
+            raise SpecError(f"NIC model {nic.model!r} is not a network device of this QEMU; "
+                            f"{hint}see qemu-system-x86_64 -device help (Network devices)")
+        if nic.backend is NicBackend.BRIDGE and nic.target:
+            await check_bridge(nic.target, netns)
 
 
 def _initial_plan(spec: CreateSpec, extras: Any) -> _Plan:

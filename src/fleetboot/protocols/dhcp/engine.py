@@ -41,7 +41,7 @@ from fleetboot.server.events import BootEvent, EventSink
 BROADCAST = "255.255.255.255"
 CACHE_LIMIT = 4096
 SEEN_LIMIT = 200_000
-MIN_LEASE = 60
+MIN_LEASE = o.MIN_LEASE_SECONDS
 SMALLEST_LIMIT = o.MIN_MAX_MESSAGE_SIZE - o.IP_UDP_HEADERS  # every client accepts this much
 
 
@@ -101,6 +101,13 @@ class DhcpEngine:
         self._sids: dict[int, bytes] = {}
         self.view = view
         self.set_view(view)
+
+    def set_settings(self, settings: DhcpSettings) -> None:
+        """Take new answer policies (SIGHUP); replies built from the old ones are dropped.
+        Addresses (server id, next server) are fixed at start."""
+        self.settings = settings
+        self._blocks.clear()
+        self._boots.clear()
 
     # --- inventory ---------------------------------------------------------------------------
 
@@ -185,7 +192,8 @@ class DhcpEngine:
             self._emit_rx(pkt, mt, mac, again, now)
         sid = self._server_id or local
         if not sid:
-            self._drop("no_server_id", "no server address: set dhcp server_id or interfaces")
+            self._drop("no_server_id",
+                       "no server address: give the receiving interface an IPv4 address")
             return None
         if proxy_port:
             return self._proxy_boot_request(pkt, mt, mac, sid, now, source)

@@ -87,6 +87,13 @@ IP_UDP_HEADERS = 28
 # BOOTP relays and old clients expect at least 300 bytes of BOOTP message (RFC 1542 2.1).
 MIN_PACKET = 300
 
+# Wire ranges of stored subnet values (RFC 2132): option 26 is 16 bits and at least
+# 68; lease times are 32 bits, all ones meaning "infinite" (never handed out); an
+# option carries at most 255 bytes (so 63 DNS servers).
+MIN_MTU, MAX_MTU = 68, 0xFFFF
+MIN_LEASE_SECONDS, MAX_LEASE_SECONDS = 60, 0xFFFFFFFE
+MAX_OPTION_LEN = 255
+
 U32 = struct.Struct("!I")
 U16 = struct.Struct("!H")
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
+from fleetboot.protocols.dhcp import options as o
 from fleetboot.protocols.dhcp.options import ip_int, ip_text
 
 
@@ -114,6 +115,26 @@ def _subnet(row: Mapping[str, Any]) -> SubnetInfo:
     )
 
 
+def _fit_to_wire(info: SubnetInfo, problems: list[str]) -> SubnetInfo:
+    """Rows stored before the inventory checked wire ranges: leave out (MTU, domain) or
+    clamp (lease time, DNS list) what would not fit its option, and say so."""
+    fixes: dict[str, Any] = {}
+    if info.mtu is not None and not o.MIN_MTU <= info.mtu <= o.MAX_MTU:
+        fixes["mtu"] = None
+    if info.lease_seconds > o.MAX_LEASE_SECONDS:
+        fixes["lease_seconds"] = o.MAX_LEASE_SECONDS
+    elif info.lease_seconds < 1:  # (short leases are the inventory's policy, not the wire's)
+        fixes["lease_seconds"] = o.MIN_LEASE_SECONDS
+    if len(info.dns) * 4 > o.MAX_OPTION_LEN:
+        fixes["dns"] = info.dns[:o.MAX_OPTION_LEN // 4]
+    if info.domain is not None and len(info.domain.encode()) > o.MAX_OPTION_LEN:
+        fixes["domain"] = None
+    for key, value in fixes.items():
+        problems.append(f"subnet {info.name}: {key} {getattr(info, key)!r} does not fit its "
+                        f"DHCP option, using {value!r}; fix it with `fleetboot subnet set`")
+    return replace(info, **fixes) if fixes else info
+
+
 def _pools(subnet: SubnetInfo, rows: Iterable[Mapping[str, Any]],
            problems: list[str]) -> tuple[tuple[int, int], ...]:
     pools = []
@@ -152,6 +173,7 @@ def build_view(
         except (ValueError, KeyError, TypeError) as exc:
             problems.append(f"subnet {row.get('name')!r}: {exc}; skipped")
             continue
+        info = _fit_to_wire(info, problems)
         infos.append(replace(info, pools=_pools(info, pools_by_subnet.get(info.id, ()), problems)))
     infos.sort(key=lambda s: -s.prefix)
     known = {s.id: s for s in infos}
