@@ -64,7 +64,10 @@ async def _fill(db: Database, tmp_path: Path) -> None:
         catalog.add_flavor(s, Flavor.create("x710", vendor="8086", products=["1572"]))
     hosts.scan_host(db, "compute-a", build_example_host(tmp_path / "sys", "a").root)
     hosts.set_tags(db, "compute-a", "0000:3b:00.0", {"physical_network": "physnet1"})
+    hosts.set_libvirt_uri(db, "compute-a", "qemu+ssh://compute-a/system")
+    hosts.allow_devices(db, "compute-a", Flavor.create("x710", vendor="8086", products=["1572"]))
     vms = VmService(db, VmSettings(run_dir=tmp_path / "run", image_dir=tmp_path / "img"))
+    vms.add_host("rack2", "10.0.0.12", run_dir="/run/fb", image_dir="/var/lib/fb")
     await vms.create(CreateSpec("vm1", nics=(parse_nic("model=e1000,mac=52:54:00:00:00:42"),),
                                 disks=(parse_disk("size=64M,boot"),)))
 
@@ -77,7 +80,9 @@ async def test_export_import_export_gives_the_same_file(db: Database, empty_db: 
     with db.session() as s:
         text = yamlio.export_inventory(s, secrets=True)
     doc = yaml.safe_load(text)
-    assert set(doc) >= {"defaults", "flavors", "passthrough_hosts", "vms"}
+    assert set(doc) >= {"defaults", "flavors", "passthrough_hosts", "vm_hosts", "vms"}
+    assert doc["passthrough_hosts"][0]["allow"] == [
+        Flavor.create("a", vendor="8086", products=["1572"]).to_dict()]
     assert doc["nodes"][0]["config"]["accounts"][0]["ssh_keys"] == [KEY]
     with empty_db.session() as s:
         yamlio.import_inventory(s, text)

@@ -23,7 +23,7 @@ from fleetboot.nodeconfig.sections import SECRET_SECTIONS
 from fleetboot.passthrough import catalog
 from fleetboot.passthrough.flavors import Flavor
 from fleetboot.passthrough.models import PassthroughDevice, PassthroughHost
-from fleetboot.vm.models import Device, Disk, Instance, Nic
+from fleetboot.vm.models import Device, Disk, Instance, Nic, VmHost
 
 # Sections that may hold secrets: whole (accounts, tunnels) or per item (files).
 MAYBE_SECRET = SECRET_SECTIONS | {"files"}
@@ -74,7 +74,8 @@ _DEVICE_FACTS = tuple(f for f in d.HostDeviceEntry.model_fields if f not in ("ad
 def host_docs(session: Session) -> list[dict[str, Any]]:
     hosts = session.scalars(select(PassthroughHost).options(
         selectinload(PassthroughHost.devices)).order_by(PassthroughHost.name))
-    return [{"name": h.name, "sysfs_root": h.sysfs_root,
+    return [{"name": h.name, "sysfs_root": h.sysfs_root, "libvirt_uri": h.libvirt_uri,
+             "allow": list(h.allow or ()),
              "devices": [_device_doc(dev) for dev in h.devices]} for h in hosts]
 
 
@@ -94,6 +95,8 @@ def import_host(session: Session, e: d.HostEntry) -> None:
         host = PassthroughHost(name=e.name, sysfs_root=e.sysfs_root)
         session.add(host)
         session.flush()
+    host.libvirt_uri = e.libvirt_uri
+    host.allow = [Flavor.from_dict("allow", rule).to_dict() for rule in e.allow]  # validated
     rows = {dev.address: dev for dev in host.devices}
     for dev in e.devices:
         row = rows.get(dev.address)
@@ -106,7 +109,23 @@ def import_host(session: Session, e: d.HostEntry) -> None:
     session.flush()
 
 
-# ---- VM definitions -----------------------------------------------------------------------
+# ---- VM hosts and VM definitions ------------------------------------------------------
+
+def vm_host_docs(session: Session) -> list[dict[str, Any]]:
+    return [{"name": h.name, "address": h.address, "netns": h.netns, "run_dir": h.run_dir,
+             "image_dir": h.image_dir}
+            for h in session.scalars(select(VmHost).order_by(VmHost.name))]
+
+
+def import_vm_host(session: Session, e: d.VmHostEntry) -> None:
+    host = session.scalar(select(VmHost).where(VmHost.name == e.name))
+    if host is None:
+        host = VmHost(name=e.name)
+        session.add(host)
+    host.address, host.netns, host.run_dir, host.image_dir = (
+        e.address, e.netns, e.run_dir, e.image_dir)
+    session.flush()
+
 
 def vm_docs(session: Session) -> list[dict[str, Any]]:
     vms = session.scalars(select(Instance).options(
@@ -120,7 +139,8 @@ def _vm_doc(vm: Instance) -> dict[str, Any]:
         "name": vm.name, "uuid": vm.uuid, "family": vm.family,
         "machine_type": vm.machine_type, "accel": vm.accel, "vcpus": vm.vcpus,
         "memory_mib": vm.memory_mib, "firmware": vm.firmware, "uefi_vars": vm.uefi_vars,
-        "extra_args": list(vm.extra_args), "netns": vm.netns, "layout": vm.layout,
+        "extra_args": list(vm.extra_args), "netns": vm.netns, "host": vm.host,
+        "layout": vm.layout,
         "nics": [{"device": n.device_id, "model": n.model, "mac": n.mac,
                   "backend": n.backend, "target": n.backend_target, "boot": n.is_boot,
                   "rom": n.rom} for n in vm.nics],
@@ -148,7 +168,7 @@ def import_vm(session: Session, e: d.VmEntry) -> None:
     vm = Instance(name=e.name, uuid=e.uuid, family=e.family, machine_type=e.machine_type,
                   accel=e.accel, vcpus=e.vcpus, memory_mib=e.memory_mib, firmware=e.firmware,
                   uefi_vars=e.uefi_vars, extra_args=list(e.extra_args), netns=e.netns,
-                  layout=e.layout)
+                  host=e.host, layout=e.layout)
     vm.nics = [Nic(device_id=n.device, model=n.model, mac=n.mac, backend=n.backend,
                    backend_target=n.target, is_boot=n.boot, rom=n.rom) for n in e.nics]
     vm.disks = [Disk(device_id=k.device, path=k.path, size_bytes=k.size_bytes,

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from fleetboot.inventory.service import InventoryError
 
 KINDS = ("profiles", "subnets", "nodes")
-LISTS = (*KINDS, "flavors", "passthrough_hosts", "vms")
+LISTS = (*KINDS, "flavors", "passthrough_hosts", "vm_hosts", "vms")
 
 
 class _Entry(BaseModel):
@@ -100,12 +100,25 @@ class HostDeviceEntry(_Entry):
     sriov_numvfs: int = 0
     netdevs: list[str] = Field(default_factory=list)
     tags: dict[str, str] = Field(default_factory=dict)
+    host_use: str | None = None  # why the host itself needs it (from the last scan)
 
 
 class HostEntry(_Entry):
     name: str
     sysfs_root: str = "/sys"
+    libvirt_uri: str | None = None
+    allow: list[dict[str, Any]] = Field(default_factory=list)  # passthrough allowlist rules
     devices: list[HostDeviceEntry] = Field(default_factory=list)
+
+
+class VmHostEntry(_Entry):
+    """A host that runs Fleetboot's VMs (`fleetboot vm host add`)."""
+
+    name: str
+    address: str
+    netns: str | None = None
+    run_dir: str
+    image_dir: str
 
 
 class VmNicEntry(_Entry):
@@ -148,6 +161,7 @@ class VmEntry(_Entry):
     uefi_vars: str | None = None
     extra_args: list[str] = Field(default_factory=list)
     netns: str | None = None
+    host: str | None = None
     layout: dict[str, Any]
     nics: list[VmNicEntry] = Field(default_factory=list)
     disks: list[VmDiskEntry] = Field(default_factory=list)
@@ -164,6 +178,7 @@ class InventoryDocument(_Entry):
     defaults: dict[str, Any] | None = None  # fleet-wide configuration; absent: left alone
     flavors: list[FlavorEntry] = Field(default_factory=list)
     passthrough_hosts: list[HostEntry] = Field(default_factory=list)
+    vm_hosts: list[VmHostEntry] = Field(default_factory=list)
     vms: list[VmEntry] = Field(default_factory=list)
 
 

@@ -83,6 +83,7 @@ def export_inventory(session: Session, secrets: bool = False) -> str:
         doc["defaults"] = defaults
     for key, docs in (("flavors", backup.flavor_docs(session)),
                       ("passthrough_hosts", backup.host_docs(session)),
+                      ("vm_hosts", backup.vm_host_docs(session)),
                       ("vms", backup.vm_docs(session))):
         if docs:
             doc[key] = docs
@@ -106,6 +107,7 @@ def import_inventory(session: Session, text: str,
         "nodes": lambda e: _import_node(session, e, omitted),
         "flavors": lambda e: backup.import_flavor(session, e),
         "passthrough_hosts": lambda e: backup.import_host(session, e),
+        "vm_hosts": lambda e: backup.import_vm_host(session, e),
         "vms": lambda e: backup.import_vm(session, e),
     }
     counts = {}
