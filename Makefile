@@ -42,6 +42,7 @@ bench: deps
 	$(PY) bench/storm.py
 	$(PY) bench/storm_qemu.py
 	$(PY) bench/vm_hotplug.py
+	$(PY) bench/vm_migrate.py
 	$(PY) bench/claims.py
 
 clean:
