@@ -11,6 +11,7 @@ PKGS=(
   wrk nginx-light nftables
   postgresql
   libvirt-clients libxml2-utils
+  openipmi ipmitool apache2-utils openssl
 )
 missing=()
 for p in "${PKGS[@]}"; do

@@ -1,0 +1,29 @@
+"""The power table: how to reach each node's BMC. The password is stored encrypted
+(``secrets.py``); the last state read from the BMC and its last answer live here too."""
+
+from __future__ import annotations
+
+from sqlalchemy import Double, ForeignKey, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from fleetboot.inventory.db import Base
+
+
+class PowerSetting(Base):
+    __tablename__ = "power_settings"
+
+    node_id: Mapped[int] = mapped_column(
+        ForeignKey("nodes.id", ondelete="CASCADE"), primary_key=True, autoincrement=False
+    )
+    driver: Mapped[str] = mapped_column(String(16))
+    address: Mapped[str] = mapped_column(String(255))
+    port: Mapped[int | None] = mapped_column(Integer)
+    username: Mapped[str | None] = mapped_column(String(128))
+    # Fernet token of the password, made with the service's key file (0600).
+    secret: Mapped[str | None] = mapped_column(Text)
+    ca_file: Mapped[str | None] = mapped_column(String(1024))
+    system: Mapped[str | None] = mapped_column(String(255))
+    # What the BMC said last (written with Core statements: no inventory revision bump).
+    state: Mapped[str | None] = mapped_column(String(16))
+    state_at: Mapped[float | None] = mapped_column(Double)
+    last_answer: Mapped[str | None] = mapped_column(Text)
