@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from click.testing import Result
+from power_helpers import Run, require
 from typer.testing import CliRunner
 
 from fleetboot.cli.main import app
 from fleetboot.lab.bmc import IpmiSim, SushyEmulator, WedgedBmc
-
-Run = Callable[..., Result]
-
-
-def require(*tools: str) -> None:
-    missing = [t for t in tools if shutil.which(t) is None]
-    if missing:
-        pytest.skip(f"needs {', '.join(missing)} (run scripts/install-system-deps.sh)")
 
 
 @pytest.fixture

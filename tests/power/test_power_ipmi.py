@@ -7,18 +7,16 @@ so "on" and "off" are visible with ps, not just in the BMC's answer.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from click.testing import Result
+from power_helpers import Run
 
 from fleetboot.lab.bmc import IpmiSim, WedgedBmc
 from fleetboot.power.bulk import BulkRunner, BulkSettings
 from fleetboot.power.core import Credentials, DriverName, Operation, PowerState, Target
 
 pytestmark = pytest.mark.slow
-Run = Callable[..., Result]
 
 
 def _target(sim: IpmiSim | WedgedBmc, node: str = "n1", node_id: int = 1,
