@@ -13,6 +13,7 @@ import pytest
 from power_helpers import Run
 
 from fleetboot.lab.bmc import IpmiSim, WedgedBmc
+from fleetboot.power import ipmi_probe
 from fleetboot.power.bulk import BulkRunner, BulkSettings
 from fleetboot.power.core import Credentials, DriverName, Operation, PowerState, Target
 
@@ -77,8 +78,9 @@ async def test_wrong_password_is_a_clear_error_and_changes_nothing(ipmi_bmc: Ipm
 async def test_a_wedged_bmc_does_not_delay_the_others(tmp_path: Path, wedged: WedgedBmc) -> None:
     sims = [IpmiSim.start(tmp_path / f"b{i}") for i in range(3)]
     try:
-        targets = [_target(s, f"n{i}", i) for i, s in enumerate(sims)]
-        targets.append(_target(wedged, "stuck", 99))
+        # The wedged one first: it must not hold up the ones after it.
+        targets = [_target(wedged, "stuck", 99)]
+        targets += [_target(s, f"n{i}", i) for i, s in enumerate(sims)]
         done: dict[str, float] = {}
         start = time.monotonic()
         runner = BulkRunner(BulkSettings(timeout_s=8, retries=1, poll_s=0.2))
@@ -134,3 +136,20 @@ def test_cli_unreachable_and_unconfigured_nodes_are_reported(run: Run, wedged: W
     res = run("power", "on", "n1", "n2", "--timeout", 3)
     assert res.exit_code == 1
     assert "no answer" in res.output and "no power settings (skipped): n2" in res.output
+
+
+async def test_the_probe_tells_a_live_bmc_from_a_silent_one(ipmi_bmc: IpmiSim,
+                                                            wedged: WedgedBmc) -> None:
+    assert await ipmi_probe.answers("127.0.0.1", ipmi_bmc.port, 3.0)
+    start = time.monotonic()
+    assert not await ipmi_probe.answers("127.0.0.1", wedged.port, 1.0)
+    assert time.monotonic() - start < 3.0
+
+
+def test_probe_request_is_what_ipmitool_sends() -> None:
+    # Captured from `ipmitool -I lanplus ... -C 3 power status` (its first datagram).
+    assert ipmi_probe.REQUEST.hex() == "0600ff07000000000000000000092018c88100388e04b5"
+    assert ipmi_probe.checksum(ipmi_probe.REQUEST[14:16]) == ipmi_probe.REQUEST[16]
+    assert ipmi_probe.checksum(ipmi_probe.REQUEST[17:22]) == ipmi_probe.REQUEST[22]
+    assert not ipmi_probe.is_auth_caps_answer(ipmi_probe.REQUEST)  # a request, not an answer
+    assert not ipmi_probe.is_auth_caps_answer(b"\x06\x00")

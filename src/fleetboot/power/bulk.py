@@ -45,6 +45,11 @@ class BulkSettings:
     soft_timeout_s: float = 10.0  # off: how long the OS gets before the hard power-off
     poll_s: float = 0.5
 
+    @property
+    def probe_timeout_s(self) -> float:
+        # Room for a retry inside the budget when the first probe meets a lost packet.
+        return max(0.5, min(3.0, self.timeout_s / 3))
+
     def check(self, operation: Operation) -> None:
         if self.concurrency < 1:
             raise ConfigError("--concurrency must be at least 1")
@@ -88,6 +93,7 @@ async def power_on(driver: Driver, poll_s: float) -> PowerState:
 async def perform(driver: Driver, operation: Operation, settings: BulkSettings) -> PowerState:
     """One operation on one BMC. Resumable: a retry after a partial cycle only finishes it."""
     poll = settings.poll_s
+    await driver.reachable(settings.probe_timeout_s)
     if operation is Operation.STATUS:
         return await driver.state()
     if operation is Operation.ON:

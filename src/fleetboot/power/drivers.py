@@ -41,6 +41,10 @@ class Driver(ABC):
     def __init__(self, target: Target) -> None:
         self.target = target
 
+    async def reachable(self, timeout_s: float) -> None:
+        """Raise ``NoAnswerError`` if the BMC is silent (checked before anything else)."""
+        return None
+
     @abstractmethod
     async def state(self) -> PowerState: ...
 
@@ -184,6 +188,20 @@ class IpmiClient(BlockingClient):
             with contextlib.suppress(Exception):
                 session.logout()
             _forget_ipmi_session(session)
+
+
+class IpmiDriver(ThreadedDriver):
+    """pyghmi on a worker thread, after an asyncio probe (``ipmi_probe``): silent BMCs
+    never get a pyghmi session, where they would slow down everyone else's."""
+
+    async def reachable(self, timeout_s: float) -> None:
+        from fleetboot.power import ipmi_probe
+
+        if not await ipmi_probe.answers(self.target.address, self.target.port or 623,
+                                        timeout_s):
+            raise NoAnswerError(f"{self.target.node}: no answer from the BMC at "
+                                f"{self.target.where()} within {timeout_s:g} s; check its "
+                                "address, port and network")
 
 
 # --- Redfish ---------------------------------------------------------------
@@ -357,7 +375,7 @@ class QmpDriver(Driver):
 def make_driver(target: Target, executor: Executor, vms: Callable[[], VmService] | None,
                 timeout_s: float) -> Driver:
     if target.driver is DriverName.IPMI:
-        return ThreadedDriver(target, IpmiClient(target), executor)
+        return IpmiDriver(target, IpmiClient(target), executor)
     if target.driver is DriverName.REDFISH:
         return ThreadedDriver(target, RedfishClient(target, timeout_s), executor)
     if vms is None:

@@ -161,19 +161,21 @@ def targets(session: Session, box: Callable[[], SecretBox],
     return found, missing
 
 
-def record(db: Database, outcomes: Sequence[Outcome], now: float | None = None) -> None:
-    """Put each outcome on its node's timeline and remember the BMC's answer."""
+def record(db: Database, outcomes: Sequence[Outcome], now: float | None = None,
+           timeline: Sequence[Outcome] | None = None) -> None:
+    """Remember each BMC's answer; put ``timeline`` (default: every outcome) on timelines."""
     if not outcomes:
         return
     now = time.time() if now is None else now
+    events = outcomes if timeline is None else timeline
     with db.engine.begin() as conn:
-        ids = [o.node_id for o in outcomes]
+        ids = [o.node_id for o in events]
         current = {int(n): (int(b), s) for n, b, s in conn.execute(
             select(NodeStateRow.node_id, NodeStateRow.boot, NodeStateRow.state)
             .where(NodeStateRow.node_id.in_(ids)))}
         alive = set(conn.scalars(select(Node.id).where(Node.id.in_(ids))))
         rows = [_event_row(o, now, current.get(o.node_id, (0, None)))
-                for o in outcomes if o.node_id in alive]
+                for o in events if o.node_id in alive]
         if rows:
             conn.execute(insert(TimelineEvent), rows)
         for o in outcomes:
