@@ -177,3 +177,39 @@ def reboot_to_network(ctx: typer.Context, node: str, timeout: float = 60.0) -> O
         raise ConfigError(f"{node} has no power settings, so it cannot be rebooted; configure "
                           f"them with `fleetboot power set {node} --driver ...`")
     return outcomes[0]
+
+
+@app.command("poll")
+@friendly_errors
+def power_poll(
+    ctx: typer.Context,
+    interval: float = typer.Option(60.0, "--interval", help="seconds between rounds"),
+    once: bool = typer.Option(False, "--once", help="one round, then exit"),
+    timeout: float = TimeoutOpt,
+    concurrency: int = ConcurrencyOpt,
+) -> None:
+    """Ask every configured BMC for its power state at an interval (shown by `fleetboot
+    nodes` and `power show`); state changes and silent BMCs go on the timelines."""
+    from fleetboot.power.poller import PowerPoller
+
+    if interval <= 0:
+        raise ConfigError("--interval must be positive")
+    poller = PowerPoller(state(ctx).db, lambda: _box(ctx), interval,
+                         BulkSettings(concurrency=concurrency, timeout_s=min(timeout, interval),
+                                      retries=1), lambda: _vms(ctx))
+
+    async def main() -> None:
+        if once:
+            outcomes = await poller.poll_once()
+            for line in summarize(outcomes).lines():
+                console.print(line)
+            return
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        import signal
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await poller.run(stop)
+
+    asyncio.run(main())

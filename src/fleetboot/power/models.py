@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Double, ForeignKey, Integer, String, Text
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import Double, ForeignKey, Integer, String, Text, select
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from fleetboot.inventory.db import Base
 
@@ -27,3 +27,9 @@ class PowerSetting(Base):
     state: Mapped[str | None] = mapped_column(String(16))
     state_at: Mapped[float | None] = mapped_column(Double)
     last_answer: Mapped[str | None] = mapped_column(Text)
+
+
+def power_states(session: Session) -> dict[int, str]:
+    """node id -> the power state its BMC last reported ("unknown" if never asked)."""
+    return {int(n): st or "unknown" for n, st in session.execute(
+        select(PowerSetting.node_id, PowerSetting.state))}
