@@ -91,7 +91,8 @@ async def test_reboot_brings_the_node_back_through_pxe_to_up(
             "-no-user-config", "-display", "none", "-serial", f"file:{short_dir}/serial.log",
             "-netdev", f"user,id=n0,bootfile={url}",
             "-device", f"virtio-net-pci,netdev=n0,mac={VM_MAC},bootindex=1"]
-    sim = IpmiSim.start(short_dir / "bmc", qemu_argv=qemu)
+    # ipmi_sim's own VM mode refuses boot devices, so the chassis script runs this QEMU.
+    sim = IpmiSim.start(short_dir / "bmc", machine_argv=qemu)
 
     monkeypatch.setenv("FLEETBOOT_DB", db.url)
     monkeypatch.setenv("COLUMNS", "250")
@@ -110,6 +111,7 @@ async def test_reboot_brings_the_node_back_through_pxe_to_up(
                                       "--level", "next", "--reboot")
         assert res.exit_code == 0, res.output
         assert "power-cycled" in res.output
+        assert sim.bootdev() == "pxe" and sim.machine_pid() is not None
         for _ in range(900):  # TCG on a shared 2-core machine: allow minutes
             st = nodeconfig.statuses.get(node_id)
             if st is not None and st.state is State.UP:

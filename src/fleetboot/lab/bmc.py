@@ -32,7 +32,8 @@ mc_enable 0x20
 """
 
 # ipmi_sim runs `SCRIPT get power boot` / `SCRIPT set power 1` / `SCRIPT set boot pxe`
-# and reads `name:value` lines back. The machine is a `sleep` process with a pidfile.
+# and reads `name:value` lines back. The machine is a process with a pidfile: `sleep`,
+# or any command (a QEMU VM) put in place of @MACHINE@.
 _CHASSIS = """#!/bin/sh
 dir=$(dirname "$0")
 pidfile="$dir/machine.pid"
@@ -52,7 +53,7 @@ while [ $# -ge 2 ]; do
     power)
       if [ "$2" = 1 ]; then
         if ! alive; then
-          setsid sleep 1000000 </dev/null >/dev/null 2>&1 &
+          setsid @MACHINE@ </dev/null >/dev/null 2>&1 &
           echo $! > "$pidfile"
           echo on >> "$dir/power.log"
         fi
@@ -95,15 +96,21 @@ class IpmiSim:
     port: int
     username: str = "admin"
     password: str = "secret"
-    qemu_argv: Sequence[str] | None = None  # None: the machine is a sleep process
+    qemu_argv: Sequence[str] | None = None  # ipmi_sim runs this VM itself (ipmi-bmc-extern)
     serial_port: int | None = None
+    machine_argv: Sequence[str] = ("sleep", "1000000")  # the chassis script's machine
     proc: subprocess.Popen[bytes] | None = None
 
     @classmethod
     def start(cls, workdir: Path, *, port: int | None = None, password: str = "secret",
-              qemu_argv: Sequence[str] | None = None) -> IpmiSim:
+              qemu_argv: Sequence[str] | None = None,
+              machine_argv: Sequence[str] | None = None) -> IpmiSim:
+        """A process-backed BMC (``machine_argv``, default ``sleep``: power and boot
+        device through the chassis script, QEMU killed on off) or, with ``qemu_argv``,
+        ipmi_sim's own VM mode (no boot device: ipmi_sim refuses it there)."""
         sim = cls(Path(workdir), port or free_port(), password=password, qemu_argv=qemu_argv,
-                  serial_port=free_port(socket.SOCK_STREAM) if qemu_argv else None)
+                  serial_port=free_port(socket.SOCK_STREAM) if qemu_argv else None,
+                  machine_argv=tuple(machine_argv or ("sleep", "1000000")))
         sim._write_files()
         sim.proc = subprocess.Popen(
             ["ipmi_sim", "-c", str(sim.workdir / "lan.conf"), "-f", str(sim.workdir / "bmc.emu"),
@@ -137,7 +144,7 @@ class IpmiSim:
         ]
         if self.qemu_argv is None:
             script = self.workdir / "chassis.sh"
-            script.write_text(_CHASSIS)
+            script.write_text(_CHASSIS.replace("@MACHINE@", shlex.join(self.machine_argv)))
             script.chmod(0o755)
             lines.append(f'  chassis_control "{script} 0x20"')
         else:
