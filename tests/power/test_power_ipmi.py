@@ -92,8 +92,8 @@ async def test_a_wedged_bmc_does_not_delay_the_others(tmp_path: Path, wedged: We
         assert all(s.machine_pid() is not None for s in sims)
         stuck = by_node["stuck"]
         assert not stuck.ok and stuck.reason == "no answer (timeout)"
-        # The healthy ones finished long before the wedged one's budget ran out.
-        assert max(done[f"n{i}"] for i in range(3)) < done["stuck"]
+        # The healthy ones never waited for the wedged one, which used no more than its budget.
+        assert max(done[f"n{i}"] for i in range(3)) < 8
         assert done["stuck"] < 8 + 3
     finally:
         for s in sims:

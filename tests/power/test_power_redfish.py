@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from fleetboot.lab.bmc import SushyEmulator
+from fleetboot.lab.bmc import SushyEmulator, WedgedBmc
 from fleetboot.power.bulk import BulkRunner, BulkSettings
 from fleetboot.power.core import Credentials, DriverName, Operation, PowerState, Target
 
@@ -78,3 +79,16 @@ def _pw(tmp_path: Path) -> Path:
     path = tmp_path / "pw"
     path.write_text("secret\n")
     return path
+
+
+async def test_a_wedged_redfish_service_fails_alone(redfish: SushyEmulator,
+                                                   wedged: WedgedBmc) -> None:
+    silent = Target("silent", 9, DriverName.REDFISH, f"https://127.0.0.1:{wedged.tcp_port}",
+                    None, Credentials("admin", "secret"), str(redfish.cert))
+    runner = BulkRunner(BulkSettings(timeout_s=4, retries=1))
+    start = time.monotonic()
+    outcomes = {o.node: o for o in await runner.run([silent, _target(redfish, 1)],
+                                                     Operation.STATUS)}
+    assert time.monotonic() - start < 4 + 3
+    assert outcomes["node-b"].ok and outcomes["node-b"].state is PowerState.OFF
+    assert not outcomes["silent"].ok and outcomes["silent"].reason == "no answer (timeout)"
