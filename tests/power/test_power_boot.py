@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from fleetboot.lab.bmc import IpmiSim
 from fleetboot.nodeconfig.models import TimelineEvent
 from fleetboot.nodeconfig.service import NodeConfigService, NodeConfigSettings
 from fleetboot.nodeconfig.states import State
+from fleetboot.power import service
 from fleetboot.server.directory import StaticDirectory
 from fleetboot.server.http import HttpService, create_app
 
@@ -131,4 +133,5 @@ async def test_reboot_brings_the_node_back_through_pxe_to_up(
     assert seen[0] == ("power", "reboot-network") and events[0].detail["ok"] is True
     assert seen.index(("http", "script")) < seen.index(("config", "config"))
     assert events[-1].state == "UP"
+    assert service.flag_not_back(db, time.time(), 0.0) == []  # it came back: not flagged
     db.dispose()

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from fleetboot.power.core import (
     AuthError,
+    ComeBack,
     ConfigError,
     Credentials,
     NoAnswerError,
@@ -16,6 +17,7 @@ from fleetboot.power.core import (
     PowerError,
     PowerState,
     attempts_left,
+    came_back,
     parse_driver,
     parse_operation,
     reason_of,
@@ -65,3 +67,11 @@ def test_bad_names_say_what_to_use() -> None:
         parse_driver("ilo")
     with pytest.raises(PowerError, match="status, on, off, cycle"):
         parse_operation("reset")
+
+
+def test_came_back_needs_up_after_the_action() -> None:
+    assert came_back(100.0, "UP", 150.0, 200.0, 600) is ComeBack.BACK
+    assert came_back(100.0, "UP", 50.0, 200.0, 600) is ComeBack.WAIT  # UP from before
+    assert came_back(100.0, "PXEBOOTING", 150.0, 200.0, 600) is ComeBack.WAIT
+    assert came_back(100.0, "PXEBOOTING", 150.0, 700.0, 600) is ComeBack.FLAG
+    assert came_back(100.0, None, None, 700.0, 600) is ComeBack.FLAG

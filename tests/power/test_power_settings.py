@@ -116,3 +116,21 @@ def test_selection_by_name_all_and_state(db: Database) -> None:
             service.select_nodes(s, [])
         with pytest.raises(ConfigError, match="unknown node state"):
             service.select_nodes(s, [], states=["sleepy"])
+
+
+def test_a_node_not_back_after_a_cycle_is_flagged_once(db: Database, tmp_path: Path) -> None:
+    node_id = _node(db)
+    with db.session() as s:
+        service.configure(s, SecretBox(tmp_path / "k"), "n1", "qmp")
+    service.record(db, [Outcome("n1", node_id, Operation.CYCLE, False, error="n1: BMC said no",
+                                reason="BMC error")], now=900.0)
+    assert service.flag_not_back(db, now=5000.0, limit_s=600) == []  # a failed cycle: no wait
+    service.record(db, [Outcome("n1", node_id, Operation.CYCLE, True, PowerState.ON)],
+                   now=1000.0)
+    assert service.flag_not_back(db, now=1100.0, limit_s=600) == []
+    assert service.flag_not_back(db, now=1700.0, limit_s=600) == ["n1"]
+    assert service.flag_not_back(db, now=2500.0, limit_s=600) == []  # flagged once
+    with db.session() as s:
+        last = read_timeline(s, node_id)[-1]
+    assert (last.source, last.kind) == ("power", "not-back")
+    assert last.detail["bmc_last_answer"] == "cycle: on" and last.detail["after_s"] == 700.0

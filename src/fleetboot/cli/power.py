@@ -187,6 +187,9 @@ def power_poll(
     once: bool = typer.Option(False, "--once", help="one round, then exit"),
     timeout: float = TimeoutOpt,
     concurrency: int = ConcurrencyOpt,
+    come_back: float = typer.Option(900.0, "--come-back",
+                                    help="flag a node not UP this many seconds after a "
+                                         "power on, cycle or reboot"),
 ) -> None:
     """Ask every configured BMC for its power state at an interval (shown by `fleetboot
     nodes` and `power show`); state changes and silent BMCs go on the timelines."""
@@ -196,13 +199,15 @@ def power_poll(
         raise ConfigError("--interval must be positive")
     poller = PowerPoller(state(ctx).db, lambda: _box(ctx), interval,
                          BulkSettings(concurrency=concurrency, timeout_s=min(timeout, interval),
-                                      retries=1), lambda: _vms(ctx))
+                                      retries=1), lambda: _vms(ctx), come_back)
 
     async def main() -> None:
         if once:
             outcomes = await poller.poll_once()
             for line in summarize(outcomes).lines():
                 console.print(line)
+            if poller.not_back:
+                err_console.print(f"not back after a power action: {', '.join(poller.not_back)}")
             return
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

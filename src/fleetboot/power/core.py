@@ -195,3 +195,20 @@ def order_targets(targets: Sequence[Target]) -> list[Target]:
             seen.add(t.node_id)
             out.append(t)
     return out
+
+
+class ComeBack(enum.StrEnum):
+    BACK = "back"  # UP again since the action
+    WAIT = "wait"
+    FLAG = "flag"  # not UP within the limit: flag it, with the BMC's last answer
+
+
+BRINGS_UP = (Operation.ON, Operation.CYCLE, Operation.REBOOT_NETWORK)
+
+
+def came_back(action_at: float, node_state: str | None, state_since: float | None,
+              now: float, limit_s: float) -> ComeBack:
+    """Did a node come back (UP) after a power action that should bring it up?"""
+    if node_state == "UP" and state_since is not None and state_since >= action_at:
+        return ComeBack.BACK
+    return ComeBack.FLAG if now - action_at >= limit_s else ComeBack.WAIT

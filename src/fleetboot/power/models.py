@@ -27,6 +27,10 @@ class PowerSetting(Base):
     state: Mapped[str | None] = mapped_column(String(16))
     state_at: Mapped[float | None] = mapped_column(Double)
     last_answer: Mapped[str | None] = mapped_column(Text)
+    # The last power action that should bring the node up (on, cycle, reboot) and when;
+    # cleared once the node is UP again, or once it has been flagged for not coming back.
+    action: Mapped[str | None] = mapped_column(String(32))
+    action_at: Mapped[float | None] = mapped_column(Double)
 
 
 def power_states(session: Session) -> dict[int, str]:

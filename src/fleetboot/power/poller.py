@@ -3,7 +3,9 @@
 Each round is one bulk ``status`` run. The answers go to ``power_settings``
 (Core statements: no inventory revision bump); only a change of state, or a
 BMC that stops answering, goes on the node's timeline, so a quiet fleet does
-not fill timelines with "still on".
+not fill timelines with "still on". Each round also flags nodes that were
+powered on, cycled or rebooted and are not UP ``come_back_s`` later
+(``service.flag_not_back``: a ``not-back`` event with the BMC's last answer).
 """
 
 from __future__ import annotations
@@ -42,13 +44,16 @@ def changed(previous: dict[int, str | None], outcomes: list[Outcome]) -> list[Ou
 class PowerPoller:
     def __init__(self, db: Database, box: Callable[[], SecretBox], interval_s: float = 60.0,
                  settings: BulkSettings | None = None,
-                 vms: Callable[[], VmService] | None = None) -> None:
+                 vms: Callable[[], VmService] | None = None,
+                 come_back_s: float = 900.0) -> None:
         self.db = db
         self.box = box
         self.interval_s = interval_s
         self.settings = settings or BulkSettings(timeout_s=min(30.0, interval_s), retries=1)
         self.vms = vms
+        self.come_back_s = come_back_s
         self._last: dict[int, str | None] = {}
+        self.not_back: list[str] = []
         self.rounds = 0
 
     def _nodes(self) -> list[tuple[int, str]]:
@@ -69,6 +74,7 @@ class PowerPoller:
         outcomes = await BulkRunner(self.settings, self.vms).run(found, Operation.STATUS)
         service.record(self.db, outcomes, timeline=changed(self._last, outcomes))
         self._last.update({o.node_id: o.state.value if o.ok else "error" for o in outcomes})
+        self.not_back = service.flag_not_back(self.db, time.time(), self.come_back_s)
         self.rounds += 1
         return outcomes
 

@@ -24,12 +24,15 @@ from fleetboot.nodeconfig.models import NodeStateRow, TimelineEvent
 from fleetboot.nodeconfig.states import State
 from fleetboot.power.bulk import BulkRunner, BulkSettings
 from fleetboot.power.core import (
+    BRINGS_UP,
+    ComeBack,
     ConfigError,
     Credentials,
     DriverName,
     Operation,
     Outcome,
     Target,
+    came_back,
     parse_driver,
 )
 from fleetboot.power.models import PowerSetting
@@ -182,6 +185,10 @@ def record(db: Database, outcomes: Sequence[Outcome], now: float | None = None,
             values: dict[str, Any] = {"state_at": now, "last_answer": _answer(o)}
             if o.ok:
                 values["state"] = o.state.value
+                if o.operation in BRINGS_UP:
+                    values["action"], values["action_at"] = o.operation.value, now
+                elif o.operation is Operation.OFF:
+                    values["action"] = values["action_at"] = None
             conn.execute(update(PowerSetting).where(PowerSetting.node_id == o.node_id)
                          .values(**values))
 
@@ -212,3 +219,34 @@ async def run(db: Database, box: Callable[[], SecretBox], nodes: Sequence[tuple[
     outcomes = await BulkRunner(settings, vms).run(found, operation)
     record(db, outcomes)
     return outcomes, missing
+
+
+def flag_not_back(db: Database, now: float, limit_s: float) -> list[str]:
+    """Flag nodes not UP within ``limit_s`` of a power action that should have brought
+    them up: a ``power``/``not-back`` timeline event with the BMC's last answer. Returns
+    the flagged node names. Each action is flagged (or found back) once."""
+    flagged: list[str] = []
+    with db.engine.begin() as conn:
+        rows = conn.execute(
+            select(PowerSetting.node_id, Node.name, PowerSetting.action, PowerSetting.action_at,
+                   PowerSetting.last_answer, NodeStateRow.state, NodeStateRow.since,
+                   NodeStateRow.boot)
+            .join(Node, Node.id == PowerSetting.node_id)
+            .outerjoin(NodeStateRow, NodeStateRow.node_id == PowerSetting.node_id)
+            .where(PowerSetting.action_at.is_not(None))).all()
+        for node_id, name, action, action_at, answer, st, since, boot in rows:
+            at = float(action_at or 0.0)  # not None: the query asked for set ones
+            verdict = came_back(at, st, since, now, limit_s)
+            if verdict is ComeBack.WAIT:
+                continue
+            conn.execute(update(PowerSetting).where(PowerSetting.node_id == node_id)
+                         .values(action=None, action_at=None))
+            if verdict is ComeBack.FLAG:
+                flagged.append(name)
+                conn.execute(insert(TimelineEvent), [{
+                    "node_id": node_id, "boot": int(boot or 0), "at": now, "seq": next(_seq),
+                    "source": TIMELINE_SOURCE, "kind": "not-back", "mac": None,
+                    "address": None, "state": st,
+                    "detail": {"action": action, "after_s": round(now - at, 1),
+                               "node_state": st or "OFF", "bmc_last_answer": answer}}])
+    return flagged

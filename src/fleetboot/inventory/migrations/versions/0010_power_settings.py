@@ -30,6 +30,8 @@ def upgrade() -> None:
     sa.Column('state', sa.String(length=16), nullable=True),
     sa.Column('state_at', sa.Double(), nullable=True),
     sa.Column('last_answer', sa.Text(), nullable=True),
+    sa.Column('action', sa.String(length=32), nullable=True),
+    sa.Column('action_at', sa.Double(), nullable=True),
     sa.ForeignKeyConstraint(['node_id'], ['nodes.id'], name=op.f('fk_power_settings_node_id_nodes'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('node_id', name=op.f('pk_power_settings'))
     )
