@@ -126,6 +126,11 @@ def test_qmp_driver_on_a_fleetboot_vm(short_dir: Path, tmp_path: Path, run: Any,
     cycled = vms.read("pv1")
     assert cycled.status is VmStatus.RUNNING and cycled.pid != running.pid
 
+    res = run("node", "boot", "pv1", "local", "--level", "next", "--reboot")
+    assert res.exit_code == 0, res.output
+    rebooted = vms.read("pv1")
+    assert rebooted.status is VmStatus.RUNNING and rebooted.pid != cycled.pid
+
     res = run("power", "off", "pv1", "--timeout", 30, "--soft-timeout", 2)
     assert res.exit_code == 0, res.output
     assert vms.read("pv1").status is VmStatus.STOPPED
