@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from fleetboot.power import ipmi_probe
 from fleetboot.power.core import (
     AuthError,
     ComeBack,
@@ -75,3 +76,18 @@ def test_came_back_needs_up_after_the_action() -> None:
     assert came_back(100.0, "PXEBOOTING", 150.0, 200.0, 600) is ComeBack.WAIT
     assert came_back(100.0, "PXEBOOTING", 150.0, 700.0, 600) is ComeBack.FLAG
     assert came_back(100.0, None, None, 700.0, 600) is ComeBack.FLAG
+
+
+# What ipmi_sim answered to the probe (captured on this machine).
+IPMI_SIM_ANSWER = bytes.fromhex("0600ff0700000000000000000010811c6320003800019704030000000009")
+
+
+def test_probe_answer_is_recognised() -> None:
+    assert ipmi_probe.is_auth_caps_answer(IPMI_SIM_ANSWER)
+    assert not ipmi_probe.is_auth_caps_answer(IPMI_SIM_ANSWER[:19])
+    assert not ipmi_probe.is_auth_caps_answer(b"\x07" + IPMI_SIM_ANSWER[1:])
+
+
+@given(st.binary(max_size=80))
+def test_probe_parser_takes_any_bytes(data: bytes) -> None:
+    assert ipmi_probe.is_auth_caps_answer(data) in (True, False)
