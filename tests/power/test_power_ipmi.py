@@ -136,6 +136,9 @@ def test_cli_unreachable_and_unconfigured_nodes_are_reported(run: Run, wedged: W
     res = run("power", "on", "n1", "n2", "--timeout", 3)
     assert res.exit_code == 1
     assert "no answer" in res.output and "no power settings (skipped): n2" in res.output
+    res = run("node", "boot", "n2", "local", "--level", "next", "--reboot")
+    assert res.exit_code == 2 and "n2 has no power settings" in res.output
+    assert "next=" not in run("node", "show", "n2").output  # refused before anything changed
 
 
 async def test_the_probe_tells_a_live_bmc_from_a_silent_one(ipmi_bmc: IpmiSim,

@@ -115,12 +115,16 @@ def node_boot(
                                 "BMC with a one-time network boot (see `fleetboot power`)"),
 ) -> None:
     """Set what a node boots. `next` is used once, `temp` until cleared, then `default`."""
+    if reboot:
+        from fleetboot.cli.power import check_configured
+
+        check_configured(ctx, name)
     with state(ctx).db.session() as s:
         chosen = None if action == "clear" else _parse_action(action)
         service.set_boot(s, name, level, chosen, profile)
     console.print(f"{name}: {level} boot = {action}{' ' + profile if profile else ''}")
     if reboot:
-        from fleetboot.cli.power import reboot_to_network
+        from fleetboot.cli.power import reboot_to_network  # power drivers load only when asked
 
         outcome = reboot_to_network(ctx, name)
         if not outcome.ok:

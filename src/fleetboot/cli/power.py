@@ -165,6 +165,14 @@ _command(Operation.OFF, "Power nodes off: the ACPI button first, then hard after
 _command(Operation.CYCLE, "Power nodes off (hard) and on again; a node that is off is switched on.")
 
 
+def check_configured(ctx: typer.Context, node: str) -> None:
+    """Fail before anything changes if ``node`` cannot be power-cycled."""
+    with state(ctx).db.session() as s:
+        if not service.describe(s, [service.inventory.get_node(s, node).name]):
+            raise ConfigError(f"{node} has no power settings, so it cannot be rebooted; "
+                              f"configure them with `fleetboot power set {node} --driver ...`")
+
+
 def reboot_to_network(ctx: typer.Context, node: str, timeout: float = 60.0) -> Outcome:
     """Set a one-time network boot on the node's BMC and power-cycle it (``node boot --reboot``)."""
     db = state(ctx).db
@@ -191,8 +199,10 @@ def power_poll(
                                     help="flag a node not UP this many seconds after a "
                                          "power on, cycle or reboot"),
 ) -> None:
-    """Ask every configured BMC for its power state at an interval (shown by `fleetboot
-    nodes` and `power show`); state changes and silent BMCs go on the timelines."""
+    """Ask every configured BMC for its power state at an interval.
+
+    The states show in `fleetboot nodes` and `power show`; changes, silent BMCs and nodes
+    not back after a power action go on the timelines."""
     from fleetboot.power.poller import PowerPoller
 
     if interval <= 0:
