@@ -113,6 +113,10 @@ def test_cli_set_status_cycle_and_timeline(run: Run, ipmi_bmc: IpmiSim, tmp_path
     assert ipmi_bmc.machine_pid() is not None
     res = run("power", "status", "--all")
     assert res.exit_code == 0 and "on" in res.output
+    res = run("power", "poll", "--once")
+    assert res.exit_code == 0 and "1/1 ok, 0 failed (1 on)" in res.output, res.output
+    nodes = run("nodes")
+    assert nodes.exit_code == 0 and "power" in nodes.output and " on " in nodes.output
     show = run("power", "show")
     assert show.exit_code == 0 and "stored" in show.output and "secret" not in show.output
     timeline = run("timeline", "n1", "--json")

@@ -21,8 +21,8 @@ from sqlalchemy import select
 from fleetboot.inventory.db import Database
 from fleetboot.inventory.models import Node
 from fleetboot.power import service
-from fleetboot.power.bulk import BulkSettings
-from fleetboot.power.core import Operation, Outcome
+from fleetboot.power.bulk import BulkRunner, BulkSettings
+from fleetboot.power.core import Operation, Outcome, Target
 from fleetboot.power.models import PowerSetting
 from fleetboot.power.secrets import SecretBox
 
@@ -65,16 +65,20 @@ class PowerPoller:
                     select(PowerSetting.node_id, PowerSetting.state))}
         return [(int(i), str(n)) for i, n in rows]
 
-    async def poll_once(self) -> list[Outcome]:
+    def _targets(self) -> list[Target]:
         nodes = self._nodes()
         with self.db.session() as s:
-            found, _ = service.targets(s, self.box, nodes)
-        from fleetboot.power.bulk import BulkRunner
+            return service.targets(s, self.box, nodes)[0]
 
+    async def poll_once(self) -> list[Outcome]:
+        # Database work on a worker thread: the poller may share a loop with servers.
+        found = await asyncio.to_thread(self._targets)
         outcomes = await BulkRunner(self.settings, self.vms).run(found, Operation.STATUS)
-        service.record(self.db, outcomes, timeline=changed(self._last, outcomes))
+        news = changed(self._last, outcomes)
+        await asyncio.to_thread(service.record, self.db, outcomes, None, news)
         self._last.update({o.node_id: o.state.value if o.ok else "error" for o in outcomes})
-        self.not_back = service.flag_not_back(self.db, time.time(), self.come_back_s)
+        self.not_back = await asyncio.to_thread(service.flag_not_back, self.db, time.time(),
+                                                self.come_back_s)
         self.rounds += 1
         return outcomes
 
