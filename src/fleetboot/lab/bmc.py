@@ -88,6 +88,23 @@ def _wait_port_udp_bound(port: int, timeout_s: float) -> None:
     raise TimeoutError(f"ipmi_sim did not open UDP port {port} within {timeout_s} s")
 
 
+def _answers(port: int, timeout_s: float = 5.0) -> bool:
+    """Whether an IPMI BMC answers on 127.0.0.1:port (the probe Fleetboot itself uses)."""
+    from fleetboot.power.ipmi_probe import REQUEST, is_auth_caps_answer
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(0.5)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            s.sendto(REQUEST, ("127.0.0.1", port))
+            try:
+                if is_auth_caps_answer(s.recvfrom(512)[0]):
+                    return True
+            except TimeoutError:
+                continue
+    return False
+
+
 @dataclass
 class IpmiSim:
     """One ``ipmi_sim`` BMC on 127.0.0.1:``port`` with user ``admin`` (priv admin)."""
@@ -107,22 +124,41 @@ class IpmiSim:
               machine_argv: Sequence[str] | None = None) -> IpmiSim:
         """A process-backed BMC (``machine_argv``, default ``sleep``: power and boot
         device through the chassis script, QEMU killed on off) or, with ``qemu_argv``,
-        ipmi_sim's own VM mode (no boot device: ipmi_sim refuses it there)."""
-        sim = cls(Path(workdir), port or free_port(), password=password, qemu_argv=qemu_argv,
-                  serial_port=free_port(socket.SOCK_STREAM) if qemu_argv else None,
-                  machine_argv=tuple(machine_argv or ("sleep", "1000000")))
-        sim._write_files()
-        sim.proc = subprocess.Popen(
-            ["ipmi_sim", "-c", str(sim.workdir / "lan.conf"), "-f", str(sim.workdir / "bmc.emu"),
-             "-s", str(sim.workdir / "state"), "-n"],
-            stdin=subprocess.DEVNULL, stdout=open(sim.workdir / "sim.log", "wb"),  # noqa: SIM115
+        ipmi_sim's own VM mode (no boot device: ipmi_sim refuses it there).
+
+        A port picked here may be taken by another process before ipmi_sim binds it
+        (parallel test workers): then it starts again on another port."""
+        tries = 1 if port else 3
+        for _ in range(tries):
+            sim = cls(Path(workdir), port or free_port(), password=password,
+                      qemu_argv=qemu_argv,
+                      serial_port=free_port(socket.SOCK_STREAM) if qemu_argv else None,
+                      machine_argv=tuple(machine_argv or ("sleep", "1000000")))
+            if sim._launch():
+                return sim
+        raise RuntimeError(f"ipmi_sim exited at start {tries} time(s) (port taken?); see "
+                           f"{Path(workdir) / 'sim.log'}")
+
+    def _launch(self) -> bool:
+        """Start ipmi_sim; True once it answers on its port, False if it died."""
+        self._write_files()
+        self.proc = subprocess.Popen(
+            ["ipmi_sim", "-c", str(self.workdir / "lan.conf"), "-f",
+             str(self.workdir / "bmc.emu"), "-s", str(self.workdir / "state"), "-n"],
+            stdin=subprocess.DEVNULL, stdout=open(self.workdir / "sim.log", "wb"),  # noqa: SIM115
             stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            _wait_port_udp_bound(sim.port, 10.0)
+            _wait_port_udp_bound(self.port, 10.0)
+            if _answers(self.port) and self.proc.poll() is None:
+                return True
         except Exception:
-            sim.stop()
+            self.stop()
             raise
-        return sim
+        self.stop()
+        log = (self.workdir / "sim.log").read_text(errors="replace")[-500:]
+        if self.proc.returncode not in (None, 0, -15):
+            return False  # died: most likely the port was taken meanwhile
+        raise RuntimeError(f"ipmi_sim on port {self.port} does not answer: {log}")
 
     def qemu_chardev_args(self) -> list[str]:
         """What QEMU needs to be this BMC's machine (ipmi-bmc-extern over a socket)."""
