@@ -11,6 +11,7 @@ PKGS=(
   wrk nginx-light nftables
   postgresql
   libvirt-clients libxml2-utils libvirt-daemon libvirt-dev pkg-config
+  openipmi ipmitool apache2-utils openssl
 )
 missing=()
 for p in "${PKGS[@]}"; do

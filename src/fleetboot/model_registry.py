@@ -6,6 +6,7 @@ MODEL_MODULES = (
     "fleetboot.inventory.models",
     "fleetboot.nodeconfig.models",
     "fleetboot.passthrough.models",
+    "fleetboot.power.models",
     "fleetboot.vm.models",
 )
 

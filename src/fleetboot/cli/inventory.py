@@ -113,12 +113,25 @@ def node_boot(
     action: str = typer.Argument(..., help="local | wait | profile | clear"),
     profile: str | None = typer.Option(None, "--profile", "-p"),
     level: str = typer.Option("default", help="default | temp | next (one-shot)"),
+    reboot: bool = typer.Option(False, "--reboot", help="then power-cycle the node through its "
+                                "BMC with a one-time network boot (see `fleetboot power`)"),
 ) -> None:
     """Set what a node boots. `next` is used once, `temp` until cleared, then `default`."""
+    if reboot:
+        from fleetboot.cli.power import check_configured
+
+        check_configured(ctx, name)
     with state(ctx).db.session() as s:
         chosen = None if action == "clear" else _parse_action(action)
         service.set_boot(s, name, level, chosen, profile)
     console.print(f"{name}: {level} boot = {action}{' ' + profile if profile else ''}")
+    if reboot:
+        from fleetboot.cli.power import reboot_to_network  # power drivers load only when asked
+
+        outcome = reboot_to_network(ctx, name)
+        if not outcome.ok:
+            raise service.InventoryError(f"the boot is set, but the reboot failed: {outcome.error}")
+        console.print(f"{name}: one-time network boot set, power-cycled (now {outcome.state})")
 
 
 def _parse_action(text: str) -> BootAction:

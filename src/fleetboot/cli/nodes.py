@@ -30,6 +30,7 @@ from fleetboot.nodeconfig.render import render_node
 from fleetboot.nodeconfig.states import DEFAULT_TIMEOUTS, NodeStatus, State, check_timeout
 from fleetboot.nodeconfig.timeline import boots, read_states, read_timeline
 from fleetboot.nodeconfig.waterfall import waterfall
+from fleetboot.power.models import power_states
 
 app = typer.Typer(help="Node states, boot timelines and boot decisions.")
 config_app = typer.Typer(help="Node configuration sections (the document nodes fetch).",
@@ -86,7 +87,8 @@ def nodes_cmd(ctx: typer.Context) -> None:
     now = time.time()
     with state(ctx).db.session() as s:
         statuses = read_states(s)
-        tab = table("node", "state", "since", "address", "boot", "last boot", "note")
+        power = power_states(s)
+        tab = table("node", "state", "since", "address", "boot", "last boot", "note", "power")
         for node in inventory.list_nodes(s):
             st = statuses.get(node.id)
             tab.add_row(
@@ -96,6 +98,7 @@ def nodes_cmd(ctx: typer.Context) -> None:
                 str(st.boot) if st else "0",
                 f"{st.last_boot_s:.1f} s" if st and st.last_boot_s is not None else "-",
                 Text(st.message if st else "", style="dim"),
+                power.get(node.id, "-"),
             )
     console.print(tab)
 

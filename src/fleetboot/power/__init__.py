@@ -1,0 +1,1 @@
+"""Power control through nodes' BMCs: IPMI (pyghmi), Redfish (sushy), Fleetboot VMs (QMP)."""
