@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from fleetboot.inventory.db import Database
+from fleetboot.inventory.models import Interface, Node, Pool6, Reservation6, Subnet6
+from fleetboot.lab.netns import Lab
 from fleetboot.protocols.dhcp6 import codec as c
 from fleetboot.protocols.dhcp6 import options as o
 from fleetboot.protocols.dhcp6.codec import Dhcp6Message, encode
@@ -57,3 +67,137 @@ def addresses(data: bytes) -> list[int]:
     assert isinstance(msg, Dhcp6Message)
     return [a.addr for code, v in msg.options if code == o.IA_NA
             for a in c.parse_ia_na(v).addresses if a.valid]
+
+
+# --- namespaces, inventory and the server process ------------------------------------------------
+
+
+
+SERVER_ADDR = "fd00:77::1"
+
+
+def wait_dad(lab: Lab, timeout: float = 10.0) -> None:
+    """Wait until no address in either namespace is tentative (DAD done)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        busy = [ns.ip("-6", "addr", "show", "tentative") for ns in (lab.server, lab.client)]
+        if not any(text.strip() for text in busy):
+            return
+        time.sleep(0.1)
+    raise RuntimeError("IPv6 duplicate address detection did not finish")
+
+
+def add_ipv6(lab: Lab) -> None:
+    lab.server.ip("-6", "addr", "add", f"{SERVER_ADDR}/64", "dev", lab.server_dev, "nodad")
+    wait_dad(lab)
+
+
+@dataclass
+class Inventory6:
+    prefix: str = "fd00:77::/64"
+    pools: list[tuple[str, str]] = field(
+        default_factory=lambda: [("fd00:77::1000", "fd00:77::ffff")])
+    valid_seconds: int = 3600
+    reservations: list[dict[str, str]] = field(default_factory=list)
+    nodes: list[tuple[str, str]] = field(default_factory=list)  # (name, boot MAC)
+
+    def write(self, db: Database) -> None:
+        with db.session() as s:
+            subnet = Subnet6(name="lab6", prefix=self.prefix, dns_servers=["fd00:77::53"],
+                             domains=["lab.test"], valid_seconds=self.valid_seconds,
+                             preferred_seconds=self.valid_seconds * 5 // 6)
+            subnet.pools = [Pool6(start=a, end=b) for a, b in self.pools]
+            subnet.reservations = [Reservation6(**r) for r in self.reservations]
+            s.add(subnet)
+            for name, mac in self.nodes:
+                node = Node(name=name)
+                node.interfaces = [Interface(name="eth0", mac=mac, is_boot=True)]
+                s.add(node)
+
+
+@dataclass
+class Server6:
+    """``python -m fleetboot.server.dhcp6`` inside the lab's server namespace."""
+
+    lab: Lab
+    workdir: Path
+    settings: dict[str, Any]
+    db_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    @property
+    def stats_path(self) -> Path:
+        return self.workdir / "stats6.json"
+
+    @property
+    def events_path(self) -> Path:
+        return self.workdir / "events6.jsonl"
+
+    def start(self, timeout: float = 20.0) -> Server6:
+        ready = self.workdir / f"ready6-{self.starts}"
+        self.starts += 1
+        argv = [sys.executable, "-m", "fleetboot.server.dhcp6", "--db",
+                f"sqlite:///{self.db_path}", "--settings", json.dumps(self.settings),
+                "--ready", str(ready), "--stats", str(self.stats_path),
+                "--events", str(self.events_path), "--log-level", "INFO"]
+        log = open(self.workdir / "server6.log", "ab")  # noqa: SIM115 - owned by the process
+        self.process = self.lab.server.popen(argv, stdout=log, stderr=log)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while not ready.exists():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("DHCPv6 server did not start:\n" + self.log())
+            time.sleep(0.05)
+        return self
+
+    def log(self) -> str:
+        path = self.workdir / "server6.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self) -> dict[str, int]:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(timeout=15)
+        self.process = None
+        return json.loads(self.stats_path.read_text()) if self.stats_path.exists() else {}
+
+    def kill9(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+        self.process = None
+
+    def events(self) -> list[dict[str, Any]]:
+        if not self.events_path.exists():
+            return []
+        return [json.loads(line) for line in self.events_path.read_text().splitlines()
+                if line.endswith("}")]
+
+    def __enter__(self) -> Server6:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def start_server6(lab: Lab, tmp_path: Path, inventory: Inventory6 | None = None,
+                  **settings: Any) -> Server6:
+    add_ipv6(lab)
+    db_path = tmp_path / "fleetboot.db"
+    db = Database(f"sqlite:///{db_path}")
+    db.create_schema()
+    (inventory or Inventory6()).write(db)
+    db.dispose()
+    return Server6(lab, tmp_path, {"interfaces": [lab.server_dev], **settings}, db_path).start()
+
+
+def lease6_rows(db_path: Path) -> dict[str, tuple[str, int, str | None]]:
+    """address -> (duid, iaid, mac) of every ``leases6`` row."""
+    import sqlite3
+
+    with sqlite3.connect(db_path) as conn:
+        return {a: (d, i, m) for a, d, i, m in
+                conn.execute("SELECT address, duid, iaid, mac FROM leases6").fetchall()}
