@@ -82,6 +82,7 @@ class Dhcp6Config(_Section):
     ra_interval_s: float = 30.0
     ra_router_lifetime_s: int = 0  # 0: we are not a default router
     ra_autonomous: bool = False  # also let hosts form SLAAC addresses
+    dual_stack: bool = True  # TFTP and HTTP also listen on [::] (separate IPv6-only sockets)
 
 
 class TftpQuirkConfig(_Section):

@@ -1,7 +1,8 @@
 """Inventory as YAML: export everything, import (create or update by name).
 
-The document has three lists, ``profiles``, ``subnets`` and ``nodes``; an export
-imports back to the same inventory. Import is one transaction: a bad entry
+The document has three lists, ``profiles``, ``subnets`` and ``nodes`` (and
+``subnets6`` for IPv6, exported only when there are any); an export imports
+back to the same inventory. Import is one transaction: a bad entry
 aborts it whole, with the entry named in the error.
 """
 
@@ -12,8 +13,8 @@ from typing import Any
 import yaml
 from sqlalchemy.orm import Session
 
-from fleetboot.inventory import service
-from fleetboot.inventory.models import BootAction, BootProfile, Node, Subnet
+from fleetboot.inventory import service, service6
+from fleetboot.inventory.models import BootAction, BootProfile, Node, Subnet, Subnet6
 
 
 def _profile_doc(p: BootProfile) -> dict[str, Any]:
@@ -70,6 +71,9 @@ def export_inventory(session: Session) -> str:
         "subnets": [_subnet_doc(s) for s in service.list_subnets(session)],
         "nodes": [_node_doc(n) for n in service.list_nodes(session)],
     }
+    subnets6 = [_subnet6_doc(s) for s in service6.list_subnets6(session)]
+    if subnets6:
+        doc["subnets6"] = subnets6
     return yaml.safe_dump(doc, sort_keys=False)
 
 
@@ -84,7 +88,9 @@ def import_inventory(session: Session, text: str) -> dict[str, int]:
                                      "profiles, subnets and nodes lists")
     counts = {}
     for kind, apply in (("profiles", _import_profile), ("subnets", _import_subnet),
-                        ("nodes", _import_node)):
+                        ("subnets6", _import_subnet6), ("nodes", _import_node)):
+        if kind == "subnets6" and kind not in doc:
+            continue  # optional: an IPv4-only inventory reports what it always did
         entries = doc.get(kind) or []
         for index, entry in enumerate(entries):
             try:
@@ -168,3 +174,33 @@ def _sync_interfaces(session: Session, node: Node, nics: list[service.NicSpec]) 
     for iface in node.interfaces:
         iface.name = wanted[iface.mac].name
         iface.is_boot = iface.mac == boot
+
+
+def _subnet6_doc(s: Subnet6) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "name": s.name, "prefix": s.prefix, "dns": list(s.dns_servers),
+        "domains": list(s.domains), "valid_seconds": s.valid_seconds,
+        "preferred_seconds": s.preferred_seconds,
+        "pools": [{"start": p.start, "end": p.end} for p in s.pools],
+        "reservations": [
+            {k: v for k, v in {"mac": r.mac, "duid": r.duid, "address": r.address,
+                               "hostname": r.hostname}.items() if v} for r in s.reservations
+        ],
+    }
+    return {k: v for k, v in doc.items() if v not in (None, [], "")}
+
+
+def _import_subnet6(session: Session, e: dict[str, Any]) -> None:
+    existing = session.query(Subnet6).filter_by(name=e["name"]).one_or_none()
+    if existing is not None:
+        session.delete(existing)
+        session.flush()
+    service6.add_subnet6(
+        session, e["name"], e["prefix"], dns=e.get("dns", []), domains=e.get("domains", []),
+        valid_seconds=int(e.get("valid_seconds", 3600)),
+        preferred_seconds=e.get("preferred_seconds"))
+    for pool in e.get("pools", []):
+        service6.add_pool6(session, e["name"], pool["start"], pool["end"])
+    for res in e.get("reservations", []):
+        service6.add_reservation6(session, e["name"], res["address"], mac=res.get("mac"),
+                                  duid=res.get("duid"), hostname=res.get("hostname"))
