@@ -368,7 +368,7 @@ class TftpServer:
         _set_buffer(sock, socket.SO_RCVBUF, SO_RCVBUFFORCE, self.settings.socket_buffer)
         sock.bind((self.settings.host, self.settings.port))
         self._sock = sock
-        self.address = sock.getsockname()
+        self.address = sock.getsockname()[:2]
         self.loop.add_reader(sock.fileno(), self._on_listen_readable)
         self._sweeper = self.loop.create_task(self._sweep())
         log.info("TFTP serving %s on %s:%d", self.source.root, *self.address)
