@@ -196,6 +196,13 @@ def test_reservations_by_duid_and_by_mac() -> None:
     assert addresses(rep.data or b"") == [o.ip6_int("fd00:77::51")]
     # The reserved address is never given to someone else from the pool.
     assert o.ip6_int("fd00:77::51") in e.view.reserved
+    # The same NIC under another DUID and IAID (edk2's second client) gets it too,
+    # another NIC does not.
+    again = reply(e, message(o.SOLICIT, b"\x00\x04" + bytes(range(16)), iaids=(9,),
+                             extra=[(o.RAPID_COMMIT, b"")]))
+    assert addresses(again.data or b"") == [o.ip6_int("fd00:77::51")]
+    stranger = message(o.SOLICIT, b"\x00\x03\x00\x01" + bytes(6), extra=[(o.RAPID_COMMIT, b"")])
+    assert addresses(reply(e, stranger).data or b"") != [o.ip6_int("fd00:77::51")]
 
 
 def relayed(inner: bytes, link: str = "fd00:77::1", lla: bytes | None = None) -> bytes:

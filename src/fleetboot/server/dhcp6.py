@@ -376,13 +376,18 @@ class Dhcp6Service:
                                     router_lifetime=s.ra_router_lifetime_s,
                                     autonomous=s.ra_autonomous)
 
-    def _advertise(self, listener: Listener6, sock: socket.socket) -> None:
-        try:
-            sock.sendto(self._advertisement(listener), (ALL_NODES, 0, 0, listener.ifindex))
-            self.metrics.inc("dhcp6.ra.sent")
-        except OSError as exc:
-            self._rlog.warning("ra", "router advertisement on %s failed: %s", listener.ifname,
-                               exc)
+    def _advertise(self, listener: Listener6, sock: socket.socket,
+                   solicitor: str | None = None) -> None:
+        """To all nodes, and to a soliciting host itself: firmware (UEFI SNP) may not
+        receive multicast."""
+        data = self._advertisement(listener)
+        for dest in (ALL_NODES, solicitor) if solicitor else (ALL_NODES,):
+            try:
+                sock.sendto(data, (dest.split("%", 1)[0], 0, 0, listener.ifindex))
+                self.metrics.inc("dhcp6.ra.sent")
+            except OSError as exc:  # e.g. before the link-local address passed DAD
+                self._rlog.warning("ra", "router advertisement on %s failed: %s",
+                                   listener.ifname, exc)
 
     async def _ra_loop(self) -> None:
         while True:
@@ -394,15 +399,16 @@ class Dhcp6Service:
     def _solicited(self, listener: Listener6, sock: socket.socket) -> None:
         for _ in range(BURST):
             try:
-                data = sock.recv(2048)
+                data, source = sock.recvfrom(2048)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
                 return
             if is_router_solicitation(data) and self._loop is not None:
                 self.metrics.inc("dhcp6.ra.solicited")
+                solicitor = source[0] if source[0] not in ("::", "") else None
                 self._loop.call_later(RA_ANSWER_DELAY_S * random.random(),
-                                      self._advertise, listener, sock)
+                                      self._advertise, listener, sock, solicitor)
 
 
 # --- configuration ------------------------------------------------------------------------------

@@ -321,11 +321,20 @@ class Dhcp6Engine:
 
     # --- addresses ------------------------------------------------------------------------------
 
+    def _reserved_usable(self, client: Client, addr: int, key: bytes, now: float) -> bool:
+        """A reserved address is free, this IA's, or held by the same NIC under another
+        DUID or IAID (edk2 runs two DHCPv6 clients on one NIC; firmware, then the OS)."""
+        if self.leases.usable(addr, key, now):
+            return True
+        holder = self.leases.by_addr.get(addr)
+        return (holder is not None and client.mac is not None
+                and holder.client_id == client.mac)
+
     def _allowed(self, client: Client, subnet: Subnet6Info, addr: int, key: bytes,
                  now: float) -> bool:
         res = client.reservation
         if res is not None and res.subnet_id == subnet.id and addr == res.address:
-            return self.leases.usable(addr, key, now)
+            return self._reserved_usable(client, addr, key, now)
         leases = self.leases
         return (subnet.in_pool(addr) and addr not in self.view.reserved
                 and not leases.excluded(addr) and leases.usable(addr, key, now))
@@ -334,7 +343,7 @@ class Dhcp6Engine:
                 now: float) -> int | None:
         res = client.reservation
         if first and res is not None and res.subnet_id == subnet.id:
-            if self.leases.usable(res.address, key, now):
+            if self._reserved_usable(client, res.address, key, now):
                 return res.address
             self._drop("reservation_in_use", f"reserved {o.ip6_text(res.address)} is leased "
                        "to another client; using the pool")

@@ -1,0 +1,59 @@
+"""OVMF booting over IPv6 (UEFI PXE, RFC 5970): ``fleetboot serve`` sends router
+advertisements with the managed flag, answers OVMF's DHCPv6 with the node's address and
+``tftp://[server]/snponly.efi`` (option 59, chosen from its architecture in option 61),
+serves the file over TFTP on [::], and iPXE starts. IPv4 PXE is switched off in the
+firmware (fw_cfg), so only IPv6 can boot it."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from dhcp6_helpers import SERVER_ADDR, wait_dad
+
+from fleetboot.lab.fleet import FleetbootServer
+from fleetboot.lab.netns import Lab
+from fleetboot.lab.qemu import NicSpec, VmSpec, lab_mac, start_vm
+
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.qemu,
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="QEMU missing"),
+]
+
+MAC = lab_mac(0x0D0601)
+NO_IPV4_PXE = ("-fw_cfg", "name=opt/org.tianocore/IPv4PXESupport,string=n")
+
+
+def test_ovmf_pxe_over_ipv6_starts_ipxe(bridged_lab: Lab, tmp_path: Path) -> None:
+    lab = bridged_lab
+    lab.server.ip("-6", "addr", "add", f"{SERVER_ADDR}/64", "dev", lab.server_dev, "nodad")
+    wait_dad(lab)
+    inventory = {
+        "subnets6": [{"name": "lab6", "prefix": "fd00:77::/64",
+                      "pools": [{"start": "fd00:77::1000", "end": "fd00:77::1fff"}],
+                      "reservations": [{"mac": MAC, "address": "fd00:77::60"}]}],
+        "nodes": [{"name": "uefi6", "interfaces": [{"mac": MAC, "boot": True}],
+                   "boot": {"default": "local"}}],
+    }
+    config = {"dhcp": {"enabled": False},
+              "dhcp6": {"enabled": True, "interfaces": [lab.server_dev],
+                        "server_address": SERVER_ADDR, "router_advertisements": True,
+                        "ra_interval_s": 5}}
+    with FleetbootServer.start(lab, tmp_path / "srv", inventory, config=config) as server:
+        spec = VmSpec("fb6-uefi", firmware="uefi", nics=(NicSpec(MAC, rom="", bootindex=1),),
+                      extra_args=NO_IPV4_PXE)
+        with start_vm(spec, tmp_path / "vm", lab) as vm:
+            vm.wait_for(r"PXE over IPv6", timeout=120)
+            vm.wait_for(r"iPXE", timeout=120)
+        timeline = server.timeline("uefi6")
+        leases = server.cli("leases").stdout
+    replies = [e for e in timeline if e["source"] == "dhcp" and e["kind"] == "REPLY"
+               and e["detail"].get("family") == 6]
+    assert any(e["detail"].get("file") == f"tftp://[{SERVER_ADDR}]/snponly.efi"
+               for e in replies), timeline
+    assert any(e["source"] == "tftp" and e["address"] == "fd00:77::60" for e in timeline), \
+        timeline
+    assert "fd00:77::60" in leases and "uefi6" in leases
