@@ -29,6 +29,7 @@ import signal
 import socket
 import struct
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -44,6 +45,7 @@ from fleetboot.protocols.dhcp6.engine import Dhcp6Engine, Reply6
 from fleetboot.protocols.dhcp6.ra import is_router_solicitation, router_advertisement
 from fleetboot.protocols.dhcp6.settings import Dhcp6Settings
 from fleetboot.protocols.dhcp6.view import Dhcp6View
+from fleetboot.server.dhcp import Pacer
 from fleetboot.server.dhcp6_view import load_view6
 from fleetboot.server.events import BootEvent, EventSink
 from fleetboot.server.leases6 import Lease6Journal, load_leases6
@@ -68,6 +70,9 @@ RA_ANSWER_DELAY_S = 0.3  # RFC 4861 6.2.6 lets a router wait up to 0.5 s before 
 
 class Dhcp6ServiceError(FleetbootError):
     pass
+
+
+Token = tuple["Listener6", Reply6, tuple[str, int, int, int]]  # a reply and where it goes
 
 
 @dataclass
@@ -171,6 +176,10 @@ class Dhcp6Service:
         self._ra_task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._rlog = RateLimitedLog(log)
+        # DHCPv4's token bucket; replies wait in our own queue when it is empty.
+        self._pacer = Pacer(settings.tx_pace_per_s, settings.tx_burst)
+        self._queue: deque[Token] = deque()
+        self._drain_scheduled = False
 
     @property
     def events(self) -> EventSink | None:
@@ -263,6 +272,8 @@ class Dhcp6Service:
         if self.journal is not None:
             await asyncio.to_thread(self.journal.stop)
             await asyncio.sleep(0)
+        while self._queue:  # what pacing still holds back
+            self._send(*self._queue.popleft())
         for listener in self.listeners:
             listener.sock.close()
         self.listeners = []
@@ -334,14 +345,33 @@ class Dhcp6Service:
                     journal.submit(record)
                 journal.submit(reply.records[-1], token if reply.data else None)
             elif reply.data is not None:
-                self._send(*token)
+                self._paced(token)
 
-    def _committed(self, tokens: list[tuple[Listener6, Reply6, Any]], ok: bool) -> None:
+    def _committed(self, tokens: list[Token], ok: bool) -> None:
         if not ok:
             self.metrics.inc("dhcp6.reply_not_sent", len(tokens))
             return
         for token in tokens:
+            self._paced(token)
+
+    def _paced(self, token: Token) -> None:
+        """Send now if the bucket allows, else behind earlier replies (see DHCPv4's
+        ``DhcpService._paced``: a burst after a stall overruns small receive queues)."""
+        if not self._queue and self._pacer.take():
             self._send(*token)
+            return
+        self._queue.append(token)
+        if not self._drain_scheduled and self._loop is not None:
+            self._drain_scheduled = True
+            self._loop.call_later(Pacer.tick, self._drain)
+
+    def _drain(self) -> None:
+        self._drain_scheduled = False
+        while self._queue and self._pacer.take():
+            self._send(*self._queue.popleft())
+        if self._queue and self._loop is not None and not self._loop.is_closed():
+            self._drain_scheduled = True
+            self._loop.call_later(Pacer.tick, self._drain)
 
     def _send(self, listener: Listener6, reply: Reply6, dest: tuple[str, int, int, int]) -> None:
         if reply.data is None or listener.sock.fileno() < 0:
@@ -423,6 +453,7 @@ def settings6_from_config(cfg: Settings) -> Dhcp6Settings:
         unknown_clients="serve" if cfg.dhcp.unknown_clients == "serve" else "ignore",
         non_boot_interfaces=cfg.dhcp.non_boot_interfaces, rapid_commit=d.rapid_commit,
         journal_window_ms=cfg.dhcp.journal_window_ms, http_port=cfg.http.port,
+        tx_pace_per_s=int(cfg.dhcp.tx_pace_per_s),
         architectures=arches, router_advertisements=d.router_advertisements,
         ra_interval_s=d.ra_interval_s, ra_router_lifetime_s=d.ra_router_lifetime_s,
         ra_autonomous=d.ra_autonomous)

@@ -41,6 +41,9 @@ class Dhcp6Settings:
     decline_hold_s: float = 600.0
     journal_window_ms: float = 5.0
     journal_max_batch: int = 4096
+    # Reply pacing, as DHCPv4: at most tx_burst back to back, then tx_pace_per_s (0: unpaced).
+    tx_pace_per_s: int = 30_000
+    tx_burst: int = 64
     # Router advertisements (managed flag, prefix information) on served interfaces.
     # Off by default: where a router already advertises the link, a second one conflicts.
     router_advertisements: bool = False
@@ -77,6 +80,8 @@ class Dhcp6Settings:
         if self.journal_window_ms < 0 or self.journal_max_batch < 1:
             raise DhcpConfigError("dhcp6 journal_window_ms must be >= 0 and "
                                   "journal_max_batch >= 1")
+        if self.tx_pace_per_s < 0 or self.tx_burst < 1:
+            raise DhcpConfigError("dhcp6 tx_pace_per_s must be >= 0 and tx_burst >= 1")
         if self.offer_hold_s <= 0 or self.decline_hold_s <= 0:
             raise DhcpConfigError("dhcp6 offer_hold_s and decline_hold_s must be positive")
         if self.ra_interval_s < 3 or not 0 <= self.ra_router_lifetime_s <= 9000:
