@@ -83,6 +83,7 @@ class Dhcp6Config(_Section):
     ra_router_lifetime_s: int = 0  # 0: we are not a default router
     ra_autonomous: bool = False  # also let hosts form SLAAC addresses
     dual_stack: bool = True  # TFTP and HTTP also listen on [::] (separate IPv6-only sockets)
+    boot_file_params: list[str] = Field(default_factory=list)  # DHCPv6 option 60
 
 
 class TftpQuirkConfig(_Section):

@@ -162,6 +162,11 @@ def test_boot_urls_follow_architecture_vendor_class_and_ipxe() -> None:
     assert c.parse_vendor_class(http.get(o.VENDOR_CLASS) or b"")[1] == [b"HTTPClient"]
     plain = decoded(reply(e, message(o.SOLICIT)))
     assert plain.get(o.BOOTFILE_URL) is None  # an OS client gets no boot file
+    with_params = engine(boot_file_params=("console=ttyS0", "ip=dhcp6"))
+    pxe = decoded(reply(with_params, message(o.SOLICIT, extra=pxe_options(7))))
+    assert c.parse_opaque_list(pxe.get(o.BOOTFILE_PARAM) or b"", 0, "params") == [
+        b"console=ttyS0", b"ip=dhcp6"]
+    assert decoded(reply(with_params, message(o.SOLICIT))).get(o.BOOTFILE_PARAM) is None
 
 
 def node_interfaces(boot: bool) -> list[dict[str, Any]]:

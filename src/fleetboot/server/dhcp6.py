@@ -456,7 +456,7 @@ def settings6_from_config(cfg: Settings) -> Dhcp6Settings:
         tx_pace_per_s=int(cfg.dhcp.tx_pace_per_s),
         architectures=arches, router_advertisements=d.router_advertisements,
         ra_interval_s=d.ra_interval_s, ra_router_lifetime_s=d.ra_router_lifetime_s,
-        ra_autonomous=d.ra_autonomous)
+        ra_autonomous=d.ra_autonomous, boot_file_params=tuple(d.boot_file_params))
 
 
 def settings6_from_json(text: str) -> Dhcp6Settings:
@@ -470,6 +470,8 @@ def settings6_from_json(text: str) -> Dhcp6Settings:
         data["interfaces"] = tuple(data["interfaces"])
     if "architectures" in data:
         data["architectures"] = {int(k): ArchBoot(**v) for k, v in data["architectures"].items()}
+    if "boot_file_params" in data:
+        data["boot_file_params"] = tuple(data["boot_file_params"])
     return Dhcp6Settings(**data)
 
 

@@ -294,6 +294,14 @@ class Dhcp6Engine:
         return boot
 
     def _make_boot(self, vendor: bytes, ipxe: bool, arch: int, server: int) -> Boot6 | None:
+        boot = self._boot_url(vendor, ipxe, arch, server)
+        params = self.settings.boot_file_params
+        if boot is None or not params:
+            return boot
+        param_option = (o.BOOTFILE_PARAM, c.opaque_list(p.encode() for p in params))
+        return boot._replace(options=(*boot.options, param_option))
+
+    def _boot_url(self, vendor: bytes, ipxe: bool, arch: int, server: int) -> Boot6 | None:
         s = self.settings
         if not server:
             self._drop("no_server_address", "no IPv6 address of ours to put in a boot URL; "

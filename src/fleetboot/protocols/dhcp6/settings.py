@@ -37,6 +37,8 @@ class Dhcp6Settings:
     rapid_commit: bool = True  # answer a SOLICIT carrying rapid commit with a REPLY
     preference: int = 255  # option 7 in ADVERTISE: 255 makes clients take us at once
     architectures: Mapping[int, ArchBoot] = field(default_factory=default_architectures)
+    # Option 60 (RFC 5970 boot file parameters) sent with every boot file URL, if any.
+    boot_file_params: tuple[str, ...] = ()
     offer_hold_s: float = 30.0
     decline_hold_s: float = 600.0
     journal_window_ms: float = 5.0
