@@ -372,7 +372,8 @@ class Dhcp6Engine:
     def _solicit(self, client: Client, now: float) -> Reply6 | None:
         subnet = client.subnet
         if subnet is None:
-            self._drop("no_subnet", "SOLICIT on a link with no IPv6 subnet in the inventory")
+            self._drop("no_subnet", "SOLICIT on a link with no IPv6 subnet: give the served "
+                       "interface an address inside a `fleetboot subnet6` prefix")
             return None
         ok, boot = self._admit(client)
         if not ok:
