@@ -57,3 +57,37 @@ def test_ovmf_pxe_over_ipv6_starts_ipxe(bridged_lab: Lab, tmp_path: Path) -> Non
     assert any(e["source"] == "tftp" and e["address"] == "fd00:77::60" for e in timeline), \
         timeline
     assert "fd00:77::60" in leases and "uefi6" in leases
+
+
+NO_PXE = (*NO_IPV4_PXE, "-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=n")
+HTTP_MAC = lab_mac(0x0D0602)
+
+
+def test_ovmf_http_boot_over_ipv6_starts_ipxe(bridged_lab: Lab, tmp_path: Path) -> None:
+    """UEFI HTTP boot over IPv6: vendor class HTTPClient, option 59 an http://[...] URL.
+    No DHCPv4 server and no PXE: OVMF's HTTPv4 attempt times out, then HTTPv6 boots."""
+    lab = bridged_lab
+    lab.server.ip("-6", "addr", "add", f"{SERVER_ADDR}/64", "dev", lab.server_dev, "nodad")
+    wait_dad(lab)
+    inventory = {
+        "subnets6": [{"name": "lab6", "prefix": "fd00:77::/64",
+                      "pools": [{"start": "fd00:77::1000", "end": "fd00:77::1fff"}]}],
+        "nodes": [{"name": "http6", "interfaces": [{"mac": HTTP_MAC, "boot": True}],
+                   "boot": {"default": "local"}}],
+    }
+    config = {"dhcp": {"enabled": False},
+              "dhcp6": {"enabled": True, "interfaces": [lab.server_dev],
+                        "server_address": SERVER_ADDR, "router_advertisements": True,
+                        "ra_interval_s": 5}}
+    with FleetbootServer.start(lab, tmp_path / "srv", inventory, config=config) as server:
+        spec = VmSpec("fb6-http", firmware="uefi",
+                      nics=(NicSpec(HTTP_MAC, rom="", bootindex=1),), extra_args=NO_PXE)
+        with start_vm(spec, tmp_path / "vm", lab) as vm:
+            vm.wait_for(r"HTTP Boot over IPv6", timeout=240)
+            vm.wait_for(r"iPXE", timeout=120)
+        timeline = server.timeline("http6")
+    url = f"http://[{SERVER_ADDR}]:8080/boot/files/ipxe.efi"
+    assert any(e["source"] == "dhcp" and e["detail"].get("file") == url for e in timeline), \
+        timeline
+    assert any(e["source"] == "http" and e["address"].startswith("fd00:77::")
+               for e in timeline), timeline
