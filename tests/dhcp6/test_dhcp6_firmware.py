@@ -7,7 +7,9 @@ firmware (fw_cfg), so only IPv6 can boot it."""
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from dhcp6_helpers import SERVER_ADDR, wait_dad
@@ -25,6 +27,17 @@ pytestmark = [
 
 MAC = lab_mac(0x0D0601)
 NO_IPV4_PXE = ("-fw_cfg", "name=opt/org.tianocore/IPv4PXESupport,string=n")
+
+
+def wait_script(server: FleetbootServer, node: str, timeout: float) -> dict[str, Any]:
+    """The node's first iPXE script request (an ``http`` ``script`` timeline event)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for event in server.timeline(node):
+            if event["source"] == "http" and event["kind"] == "script":
+                return event
+        time.sleep(2)
+    raise AssertionError(f"{node} never fetched its script:\n{server.log_tail()}")
 
 
 def test_ovmf_pxe_over_ipv6_starts_ipxe(bridged_lab: Lab, tmp_path: Path) -> None:
@@ -48,8 +61,14 @@ def test_ovmf_pxe_over_ipv6_starts_ipxe(bridged_lab: Lab, tmp_path: Path) -> Non
         with start_vm(spec, tmp_path / "vm", lab) as vm:
             vm.wait_for(r"PXE over IPv6", timeout=120)
             vm.wait_for(r"iPXE", timeout=120)
+            # iPXE configures IPv6 from the RA's managed flag, asks DHCPv6 (user class
+            # iPXE) and fetches its script over IPv6; the server knows the node by that
+            # lease and makes its boot decision (default: local) as for IPv4.
+            script = wait_script(server, "uefi6", timeout=180)
         timeline = server.timeline("uefi6")
         leases = server.cli("leases").stdout
+    assert script["address"].startswith("fd00:77::")
+    assert (script["detail"]["node"], script["detail"]["boot"]) == ("uefi6", "local")
     replies = [e for e in timeline if e["source"] == "dhcp" and e["kind"] == "REPLY"
                and e["detail"].get("family") == 6]
     assert any(e["detail"].get("file") == f"tftp://[{SERVER_ADDR}]/snponly.efi"
