@@ -38,3 +38,20 @@ def test_perfdhcp6_load_gives_unique_durable_addresses(lab: Lab, tmp_path: Path)
     # Every REPLY perfdhcp received carried a lease that was committed before it left.
     assert len(lease6_rows(server.db_path)) >= replied
     assert stats["dhcp6.rx"] >= advertised + replied
+
+
+def test_perfdhcp6_as_a_relay_gets_relay_replies(lab: Lab, tmp_path: Path) -> None:
+    """``perfdhcp -A 1`` wraps every message in RELAY-FORW: the server must answer each
+    with RELAY-REPL to the relay's port 547, or perfdhcp counts nothing."""
+    wait_dad(lab)
+    server = start_server6(lab, tmp_path, BIG)
+    try:
+        run = subprocess.run(lab.client.exec_argv(
+            ["perfdhcp", "-6", "-A", "1", "-l", lab.client_if, "-r", "50", "-R", "100000000",
+             "-p", "2"]), capture_output=True, text=True, check=False)
+    finally:
+        server.stop()
+    advertised, replied = (int(n) for n in re.findall(r"received packets: (\d+)", run.stdout))
+    assert advertised > 50 and replied > 50, run.stdout
+    assert any(e.get("relayed") for e in server.events() if e.get("dir") == "rx")
+    assert len(lease6_rows(server.db_path)) >= replied
