@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import time
+from types import SimpleNamespace
 
 import pytest
 
 from fleetboot.errors import FleetbootError
 from fleetboot.inventory import service6, yamlio
 from fleetboot.inventory.db import Database
+from fleetboot.inventory.models import Node
+from fleetboot.nodeconfig.service import NodeConfigService, NodeConfigSettings
 from fleetboot.protocols.dhcp.engine import LeaseRecord
 from fleetboot.protocols.dhcp6.engine import key_of
 from fleetboot.protocols.dhcp6.options import ip6_int
 from fleetboot.server.dhcp6_view import load_view6
+from fleetboot.server.directory import StaticDirectory
 from fleetboot.server.leases6 import Lease6Journal, load_leases6
 
 MAC = bytes.fromhex("525400123456")
@@ -100,3 +104,19 @@ async def test_journal_writes_leases6_and_they_load_back(db: Database) -> None:
         assert [(v.address, v.mac, v.subnet) for v in views] == [
             ("fd00:77::1000", "52:54:00:12:34:56", "lab6")]
         assert service6.list_all_leases(s, now=now, subnet="lab6") == views
+
+
+def test_a_node_booted_over_ipv6_is_told_the_ipv6_config_url(sqlite_db: Database) -> None:
+    cfg = SimpleNamespace(server_address="10.0.0.1",
+                          http=SimpleNamespace(port=8080, public_url=None),
+                          dhcp6=SimpleNamespace(server_address="fd00:77::1"))
+    settings = NodeConfigSettings.from_settings(cfg)
+    assert settings.base_url6 == "http://[fd00:77::1]:8080"
+    service = NodeConfigService(sqlite_db, StaticDirectory(), settings)
+    node = SimpleNamespace(id=1)
+    with sqlite_db.session() as s:
+        s.add(Node(id=1, name="n1"))
+    v6 = dict(a.split("=", 1) for a in service.cmdline_hook(node, None, "fd00:77::42").split())
+    v4 = dict(a.split("=", 1) for a in service.cmdline_hook(node, None, "10.0.0.42").split())
+    assert v6["fleetboot.url"] == "http://[fd00:77::1]:8080"
+    assert v4["fleetboot.url"] == "http://10.0.0.1:8080"
