@@ -34,7 +34,7 @@ def test_perfdhcp6_load_gives_unique_durable_addresses(lab: Lab, tmp_path: Path)
     assert [int(n) for n in re.findall(r"non unique addresses: (\d+)", run.stdout)] == [0, 0], \
         run.stdout
     advertised, replied = (int(n) for n in re.findall(r"received packets: (\d+)", run.stdout))
-    assert advertised > 500 and replied > 500, run.stdout
+    assert advertised > 100 and replied > 100, run.stdout
     # Every REPLY perfdhcp received carried a lease that was committed before it left.
     assert len(lease6_rows(server.db_path)) >= replied
     assert stats["dhcp6.rx"] >= advertised + replied
@@ -52,6 +52,6 @@ def test_perfdhcp6_as_a_relay_gets_relay_replies(lab: Lab, tmp_path: Path) -> No
     finally:
         server.stop()
     advertised, replied = (int(n) for n in re.findall(r"received packets: (\d+)", run.stdout))
-    assert advertised > 50 and replied > 50, run.stdout
+    assert advertised > 20 and replied > 20, run.stdout
     assert any(e.get("relayed") for e in server.events() if e.get("dir") == "rx")
     assert len(lease6_rows(server.db_path)) >= replied
