@@ -201,3 +201,32 @@ def lease6_rows(db_path: Path) -> dict[str, tuple[str, int, str | None]]:
     with sqlite3.connect(db_path) as conn:
         return {a: (d, i, m) for a, d, i, m in
                 conn.execute("SELECT address, duid, iaid, mac FROM leases6").fetchall()}
+
+
+DHCLIENT6_SCRIPT = """#!/bin/sh
+# Configures the address only: Debian's dhclient-script would also rewrite the host's
+# /etc/resolv.conf (ip netns exec does not isolate /etc). Logs what it was given.
+echo "$reason ${new_ip6_address:-} ${new_dhcp6_name_servers:-}" >> "%(log)s"
+case "$reason" in
+  BOUND6|RENEW6|REBIND6|REBOOT6)
+    if [ -n "$new_ip6_address" ]; then
+      ip -6 addr replace "$new_ip6_address/$new_ip6_prefixlen" dev "$interface" \\
+        valid_lft "$new_max_life" preferred_lft "$new_preferred_life"
+    fi ;;
+  RELEASE6|EXPIRE6|STOP6)
+    if [ -n "$old_ip6_address" ]; then
+      ip -6 addr del "$old_ip6_address/$old_ip6_prefixlen" dev "$interface"
+    fi ;;
+esac
+exit 0
+"""
+
+
+def dhclient6_files(tmp_path: Path) -> tuple[list[str], Path]:
+    """dhclient's -lf/-pf/-sf arguments (our own script) and the script's log file."""
+    log = tmp_path / "dhclient6.log"
+    script = tmp_path / "dhclient6.sh"
+    script.write_text(DHCLIENT6_SCRIPT % {"log": log})
+    script.chmod(0o755)
+    return ["-lf", str(tmp_path / "dhclient6.leases"), "-pf", str(tmp_path / "dhclient6.pid"),
+            "-sf", str(script)], log

@@ -11,6 +11,7 @@ import pytest
 from dhcp6_helpers import (
     SERVER_ADDR,
     Inventory6,
+    dhclient6_files,
     lease6_rows,
     message,
     start_server6,
@@ -41,9 +42,9 @@ def test_dhclient6_gets_the_nodes_address_renews_and_releases(lab: Lab, tmp_path
     inventory = Inventory6(nodes=[("node6", mac)],
                            reservations=[{"mac": mac, "address": "fd00:77::42"}])
     server = start_server6(lab, tmp_path, inventory)
-    lease_file, pid_file = tmp_path / "dhclient6.leases", tmp_path / "dhclient6.pid"
-    argv = ["dhclient", "-6", "-1", "-v", "-lf", str(lease_file), "-pf", str(pid_file),
-            lab.client_if]
+    files, _log = dhclient6_files(tmp_path)
+    pid_file = tmp_path / "dhclient6.pid"
+    argv = ["dhclient", "-6", "-1", "-v", *files, lab.client_if]
     try:
         run = lab.client.run(argv, check=False)
         assert run.returncode == 0, run.stderr + server.log()
@@ -56,8 +57,8 @@ def test_dhclient6_gets_the_nodes_address_renews_and_releases(lab: Lab, tmp_path
         again = lab.client.run(argv, check=False)
         assert again.returncode == 0, again.stderr
         assert global_addrs(lab) == ["fd00:77::42"]
-        release = lab.client.run(["dhclient", "-6", "-r", "-v", "-lf", str(lease_file), "-pf",
-                                  str(pid_file), lab.client_if], check=False)
+        release = lab.client.run(["dhclient", "-6", "-r", "-v", *files, lab.client_if],
+                                 check=False)
         assert release.returncode == 0, release.stderr
         deadline = time.monotonic() + 5
         while "fd00:77::42" in lease6_rows(server.db_path) and time.monotonic() < deadline:
@@ -69,15 +70,35 @@ def test_dhclient6_gets_the_nodes_address_renews_and_releases(lab: Lab, tmp_path
     assert stats.get("dhcp6.tx", 0) >= 4
 
 
+@pytest.mark.skipif(shutil.which("dhclient") is None, reason="isc-dhcp-client missing")
+def test_dhclient6_stateless_gets_dns_by_information_request(lab: Lab, tmp_path: Path) -> None:
+    wait_dad(lab)
+    server = start_server6(lab, tmp_path, Inventory6())
+    files, log = dhclient6_files(tmp_path)
+    try:
+        run = lab.client.run(["dhclient", "-6", "-S", "-1", "-v", *files, lab.client_if],
+                             check=False)
+        assert run.returncode == 0, run.stderr + server.log()
+        assert "fd00:77::53" in log.read_text()  # option 23 from the subnet
+        assert global_addrs(lab) == []  # stateless: no address
+    finally:
+        lab.client.run(["sh", "-c", f"kill $(cat {tmp_path / 'dhclient6.pid'}) 2>/dev/null"],
+                       check=False)
+        server.stop()
+    kinds = {e["kind"] for e in server.events()}
+    assert {"INFORMATION-REQUEST", "REPLY"} <= kinds
+
+
 @pytest.mark.skipif(shutil.which("dhcpcd") is None, reason="dhcpcd-base missing")
 def test_dhcpcd6_gets_a_pool_address_and_it_survives_a_restart(lab: Lab,
                                                                  tmp_path: Path) -> None:
     wait_dad(lab)
     server = start_server6(lab, tmp_path, Inventory6())
     conf = tmp_path / "dhcpcd.conf"
-    conf.write_text(f"ipv6only\nnoipv6rs\nnohook resolv.conf\ninterface {lab.client_if}\n"
-                    "ia_na 1\n")
-    argv = ["dhcpcd", "-f", str(conf), "-6", "-1", "-B", "-t", "20", lab.client_if]
+    conf.write_text(f"ipv6only\nnoipv6rs\ninterface {lab.client_if}\nia_na 1\n")
+    # -c /bin/true: no hook scripts (they would rewrite the host's /etc/resolv.conf).
+    argv = ["dhcpcd", "-f", str(conf), "-c", "/bin/true", "-6", "-1", "-B", "-t", "20",
+            lab.client_if]
     try:
         run = lab.client.run(argv, check=False)
         assert run.returncode == 0, run.stdout + run.stderr + server.log()

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from dhcp6_helpers import SERVER_ADDR, wait_dad
+from dhcp6_helpers import SERVER_ADDR, dhclient6_files, wait_dad
 
 from fleetboot.lab.fleet import FleetbootServer
 from fleetboot.lab.netns import Lab
@@ -46,8 +46,8 @@ def test_serve_dual_stack_dhcp6_ra_http_and_tftp(lab: Lab, tmp_path: Path) -> No
             route = lab.client.ip("-6", "route", "show", "fd00:77::/64")
         assert "expires" in route, server.log_tail()
         assert "default" not in lab.client.ip("-6", "route")
-        run = lab.client.run(["dhclient", "-6", "-1", "-lf", str(tmp_path / "l6"), "-pf",
-                              str(tmp_path / "p6"), lab.client_if], check=False)
+        files, _log = dhclient6_files(tmp_path)
+        run = lab.client.run(["dhclient", "-6", "-1", *files, lab.client_if], check=False)
         assert run.returncode == 0, run.stderr + server.log_tail()
         addrs = lab.client.ip("-6", "-o", "addr", "show", "dev", lab.client_if, "scope",
                               "global")
@@ -66,4 +66,5 @@ def test_serve_dual_stack_dhcp6_ra_http_and_tftp(lab: Lab, tmp_path: Path) -> No
         leases = server.cli("leases").stdout
         assert "fd00:77::42" in leases and "n6" in leases, leases
         assert "lab6" in server.cli("subnet6", "list").stdout
-        lab.client.run(["sh", "-c", f"kill $(cat {tmp_path / 'p6'}) 2>/dev/null"], check=False)
+        lab.client.run(["sh", "-c", f"kill $(cat {tmp_path / 'dhclient6.pid'}) 2>/dev/null"],
+                       check=False)
