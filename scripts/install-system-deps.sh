@@ -8,6 +8,7 @@ PKGS=(
   qemu-system-x86 qemu-utils ipxe-qemu ipxe ovmf
   isc-dhcp-client busybox-static udhcpc
   kea-admin kea-dhcp4-server dnsmasq-base tftpd-hpa tftp-hpa atftp curl
+  kea-dhcp6-server dhcpcd-base
   wrk nginx-light nftables
   postgresql
   libvirt-clients libxml2-utils libvirt-daemon libvirt-dev pkg-config

@@ -70,6 +70,22 @@ class DhcpConfig(_Section):
     tx_pace_per_s: float = 30000.0  # reply pacing after a burst; 0 turns it off
 
 
+class Dhcp6Config(_Section):
+    """DHCPv6 (with boot file URLs) and router advertisements; off unless enabled."""
+
+    enabled: bool = False
+    interfaces: list[str] = Field(default_factory=list)  # empty: all with a global address
+    server_address: str | None = None  # our IPv6 address in boot URLs; default: per link
+    rapid_commit: bool = True
+    # Off where another router advertises the link: two routers' RAs conflict.
+    router_advertisements: bool = False
+    ra_interval_s: float = 30.0
+    ra_router_lifetime_s: int = 0  # 0: we are not a default router
+    ra_autonomous: bool = False  # also let hosts form SLAAC addresses
+    dual_stack: bool = True  # TFTP and HTTP also listen on [::] (separate IPv6-only sockets)
+    boot_file_params: list[str] = Field(default_factory=list)  # DHCPv6 option 60
+
+
 class TftpQuirkConfig(_Section):
     """Narrower TFTP settings for firmware that breaks on options or large blocks.
 
@@ -203,6 +219,7 @@ class Settings(_Section):
     state_dir: str = "."
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     dhcp: DhcpConfig = Field(default_factory=DhcpConfig)
+    dhcp6: Dhcp6Config = Field(default_factory=Dhcp6Config)
     tftp: TftpConfig = Field(default_factory=TftpConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
     admission: AdmissionConfig = Field(default_factory=AdmissionConfig)

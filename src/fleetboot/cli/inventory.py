@@ -356,3 +356,87 @@ def inventory_import(ctx: typer.Context, source: Path) -> None:
         counts = yamlio.import_inventory(s, source.read_text(),
                                          boot_root=state(ctx).settings.boot_root)
     console.print("imported " + ", ".join(f"{n} {k}" for k, n in counts.items()))
+
+
+# --- IPv6 subnets ------------------------------------------------------------------------
+
+subnet6_app = typer.Typer(help="IPv6 subnets (prefixes), pools and reservations for DHCPv6.",
+                          no_args_is_help=True)
+
+
+@subnet6_app.command("add")
+@friendly_errors
+def subnet6_add(
+    ctx: typer.Context,
+    name: str,
+    prefix: str,
+    pool: list[str] = typer.Option([], help="START-END; repeat for several pools"),
+    dns: list[str] = typer.Option([], help="DNS server (IPv6); repeat for several"),
+    domain: list[str] = typer.Option([], help="search domain; repeat for several"),
+    valid_seconds: int = typer.Option(3600),
+) -> None:
+    """Serve an IPv6 prefix with DHCPv6, optionally with address pools."""
+    from fleetboot.inventory import service6
+
+    with state(ctx).db.session() as s:
+        service6.add_subnet6(s, name, prefix, dns=dns, domains=domain,
+                             valid_seconds=valid_seconds)
+        for text in pool:
+            start, sep, end = text.partition("-")
+            if not sep:
+                raise service.InventoryError(f"pool {text!r} must be START-END")
+            service6.add_pool6(s, name, start, end)
+    console.print(f"added IPv6 subnet [bold]{name}[/] {prefix}")
+
+
+@subnet6_app.command("list")
+@friendly_errors
+def subnet6_list(ctx: typer.Context) -> None:
+    """List IPv6 subnets with their pools and reservations."""
+    from fleetboot.inventory import service6
+
+    with state(ctx).db.session() as s:
+        tab = table("subnet", "prefix", "pools", "reservations", "valid")
+        for sub in service6.list_subnets6(s):
+            pools = ", ".join(f"{p.start}-{p.end}" for p in sub.pools)
+            tab.add_row(sub.name, sub.prefix, pools, str(len(sub.reservations)),
+                        f"{sub.valid_seconds}s")
+        console.print(tab)
+
+
+@subnet6_app.command("remove")
+@friendly_errors
+def subnet6_remove(ctx: typer.Context, name: str) -> None:
+    """Stop serving an IPv6 subnet (its pools and reservations go with it)."""
+    from fleetboot.inventory import service6
+
+    with state(ctx).db.session() as s:
+        service6.remove_subnet6(s, name)
+    console.print(f"removed IPv6 subnet [bold]{name}[/]")
+
+
+@subnet6_app.command("reserve")
+@friendly_errors
+def subnet6_reserve(
+    ctx: typer.Context, subnet: str, address: str,
+    mac: str | None = typer.Option(None, help="the node interface's MAC"),
+    duid: str | None = typer.Option(None, help="the client's DUID (hex)"),
+    hostname: str | None = typer.Option(None),
+) -> None:
+    """Give a MAC (or a DUID) a fixed IPv6 address."""
+    from fleetboot.inventory import service6
+
+    with state(ctx).db.session() as s:
+        service6.add_reservation6(s, subnet, address, mac=mac, duid=duid, hostname=hostname)
+    console.print(f"reserved {address} for {mac or duid}")
+
+
+@subnet6_app.command("unreserve")
+@friendly_errors
+def subnet6_unreserve(ctx: typer.Context, address: str) -> None:
+    """Remove the reservation of an IPv6 address."""
+    from fleetboot.inventory import service6
+
+    with state(ctx).db.session() as s:
+        service6.remove_reservation6(s, address)
+    console.print(f"removed the reservation of {address}")

@@ -29,6 +29,7 @@ def main(
 
 app.add_typer(inventory.node_app, name="node")
 app.add_typer(inventory.subnet_app, name="subnet")
+app.add_typer(inventory.subnet6_app, name="subnet6")
 app.add_typer(inventory.profile_app, name="profile")
 app.add_typer(inventory.inventory_app, name="inventory")
 

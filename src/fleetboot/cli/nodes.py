@@ -22,6 +22,7 @@ from sqlalchemy import select
 from fleetboot.boot.decision import decide
 from fleetboot.cli.common import console, friendly_errors, state, table
 from fleetboot.inventory import service as inventory
+from fleetboot.inventory import service6 as inventory6
 from fleetboot.inventory.models import Node
 from fleetboot.nodeconfig import sections, store
 from fleetboot.nodeconfig.errors import NodeConfigError
@@ -55,10 +56,10 @@ def leases(
     subnet: str | None = typer.Option(None, "--subnet", help="only this subnet's leases"),
     expired: bool = typer.Option(False, "--expired", help="also leases that have run out"),
 ) -> None:
-    """DHCP leases as the server last stored them: address, MAC, node, expiry."""
+    """DHCP leases (IPv4, then IPv6) as the server last stored them: address, MAC, node, expiry."""
     now = time.time()
     with state(ctx).db.session() as s:
-        rows = inventory.list_leases(s, now=now, subnet=subnet, include_expired=expired)
+        rows = inventory6.list_all_leases(s, now=now, subnet=subnet, include_expired=expired)
     tab = table("address", "MAC", "node", "hostname", "subnet", "expires",
                 title=f"{len(rows)} lease(s)")
     for v in rows:

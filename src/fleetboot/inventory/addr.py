@@ -60,3 +60,26 @@ def unicast_mac(text: str) -> str:
         raise AddressError(f"{text!r} is a multicast MAC (odd first octet), which no NIC "
                            "has; copy the address from the machine (ip link)")
     return mac
+def parse_ipv6(text: str) -> ipaddress.IPv6Address:
+    try:
+        return ipaddress.IPv6Address(text.strip())
+    except ValueError:
+        raise AddressError(f"{text!r} is not an IPv6 address; write it like fd00:77::5") from None
+
+
+def parse_network6(text: str) -> ipaddress.IPv6Network:
+    try:
+        return ipaddress.IPv6Network(text.strip(), strict=True)
+    except ValueError as exc:
+        raise AddressError(
+            f"{text!r} is not an IPv6 prefix ({exc}); write it like fd00:77::/64"
+        ) from None
+
+
+def normalize_duid(text: str) -> str:
+    """Accept ``00:01:..``, ``00-01-..`` or bare hex; return lowercase colon-separated hex."""
+    digits = re.sub(r"[:\-\s]", "", text.strip().lower())
+    if not re.fullmatch(r"(?:[0-9a-f]{2}){3,130}", digits):
+        raise AddressError(f"{text!r} is not a DUID; write it as hex bytes like "
+                           "00:03:00:01:52:54:00:12:34:56 (3-130 bytes)")
+    return ":".join(digits[i : i + 2] for i in range(0, len(digits), 2))

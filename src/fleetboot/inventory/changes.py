@@ -14,7 +14,7 @@ from fleetboot.inventory import models
 # Only what the boot servers hold in memory counts: VM and passthrough rows do not.
 _TRACKED_MODULES = frozenset({"fleetboot.inventory.models", "fleetboot.nodeconfig.models"})
 # Leases change per packet and are held in memory by the DHCP server itself.
-_UNTRACKED: tuple[type, ...] = (models.Lease, models.InventoryRevision)
+_UNTRACKED: tuple[type, ...] = (models.Lease, models.Lease6, models.InventoryRevision)
 
 
 def _touches_inventory(session: Session) -> bool:

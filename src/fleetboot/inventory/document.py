@@ -20,7 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from fleetboot.inventory.service import InventoryError
 
 KINDS = ("profiles", "subnets", "nodes")
-LISTS = (*KINDS, "flavors", "passthrough_hosts", "vm_hosts", "vms")
+LISTS = ("profiles", "subnets", "subnets6", "nodes", "flavors", "passthrough_hosts",
+         "vm_hosts", "vms")
 
 
 class _Entry(BaseModel):
@@ -44,6 +45,31 @@ class ReservationEntry(_Entry):
     mac: str
     address: str
     hostname: str | None = None
+
+
+class Pool6Entry(_Entry):
+    start: str
+    end: str
+
+
+class Reservation6Entry(_Entry):
+    address: str
+    mac: str | None = None
+    duid: str | None = None
+    hostname: str | None = None
+
+
+class Subnet6Entry(_Entry):
+    """An IPv6 subnet (DHCPv6), exported only when there are any."""
+
+    name: str
+    prefix: str
+    dns: list[str] = Field(default_factory=list)
+    domains: list[str] = Field(default_factory=list)
+    valid_seconds: int = 3600
+    preferred_seconds: int | None = None
+    pools: list[Pool6Entry] = Field(default_factory=list)
+    reservations: list[Reservation6Entry] = Field(default_factory=list)
 
 
 class SubnetEntry(_Entry):
@@ -174,6 +200,7 @@ class InventoryDocument(_Entry):
     secrets: Literal["omitted", "included"] = "included"
     profiles: list[ProfileEntry] = Field(default_factory=list)
     subnets: list[SubnetEntry] = Field(default_factory=list)
+    subnets6: list[Subnet6Entry] = Field(default_factory=list)
     nodes: list[NodeEntry] = Field(default_factory=list)
     defaults: dict[str, Any] | None = None  # fleet-wide configuration; absent: left alone
     flavors: list[FlavorEntry] = Field(default_factory=list)

@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Enum,
@@ -200,3 +201,70 @@ class InventoryRevision(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     value: Mapped[int] = mapped_column(Integer, default=0)
+
+
+# --- IPv6 (DHCPv6 and router advertisements) ---------------------------------------------------
+# Separate tables: IPv6 prefixes, DUIDs and (DUID, IAID) leases share nothing with the
+# IPv4 columns. Nodes and interfaces are shared: a node's MAC identifies it in both.
+
+
+class Subnet6(Base):
+    __tablename__ = "subnets6"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    prefix: Mapped[str] = mapped_column(String(43), unique=True)  # fd00:77::/64
+    dns_servers: Mapped[list[str]] = mapped_column(JSON, default=list)
+    domains: Mapped[list[str]] = mapped_column(JSON, default=list)  # option 24 search list
+    preferred_seconds: Mapped[int] = mapped_column(Integer, default=3000)
+    valid_seconds: Mapped[int] = mapped_column(Integer, default=3600)
+
+    pools: Mapped[list[Pool6]] = relationship(
+        back_populates="subnet", cascade="all, delete-orphan", order_by="Pool6.id"
+    )
+    reservations: Mapped[list[Reservation6]] = relationship(
+        back_populates="subnet", cascade="all, delete-orphan", order_by="Reservation6.id"
+    )
+
+
+class Pool6(Base):
+    __tablename__ = "pools6"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subnet_id: Mapped[int] = mapped_column(ForeignKey("subnets6.id", ondelete="CASCADE"))
+    start: Mapped[str] = mapped_column(String(39))
+    end: Mapped[str] = mapped_column(String(39))
+
+    subnet: Mapped[Subnet6] = relationship(back_populates="pools")
+
+
+class Reservation6(Base):
+    """A static IPv6 address for a client DUID, or for a MAC (a node interface)."""
+
+    __tablename__ = "reservations6"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subnet_id: Mapped[int] = mapped_column(ForeignKey("subnets6.id", ondelete="CASCADE"))
+    duid: Mapped[str | None] = mapped_column(String(390), unique=True)  # aa:bb:.. hex
+    mac: Mapped[str | None] = mapped_column(String(17), unique=True)
+    address: Mapped[str] = mapped_column(String(39), unique=True)
+    hostname: Mapped[str | None] = mapped_column(String(63))
+
+    subnet: Mapped[Subnet6] = relationship(back_populates="reservations")
+
+
+class Lease6(Base):
+    """A bound DHCPv6 lease (one per DUID and IAID). Written in batches by the lease journal."""
+
+    __tablename__ = "leases6"
+    __table_args__ = (UniqueConstraint("address"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    address: Mapped[str] = mapped_column(String(39))
+    duid: Mapped[str] = mapped_column(String(260), index=True)  # plain hex
+    iaid: Mapped[int] = mapped_column(BigInteger)
+    mac: Mapped[str | None] = mapped_column(String(17), index=True)
+    hostname: Mapped[str | None] = mapped_column(String(63))
+    subnet_id: Mapped[int | None] = mapped_column(ForeignKey("subnets6.id", ondelete="SET NULL"))
+    starts: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    expires: Mapped[datetime] = mapped_column(DateTime(timezone=True))

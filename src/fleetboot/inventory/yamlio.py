@@ -1,8 +1,9 @@
 """Inventory as YAML: export everything, import (create or update by name).
 
 The document has the lists ``profiles``, ``subnets`` and ``nodes`` (with their
-configuration sections), the fleet ``defaults``, and ``flavors``,
-``passthrough_hosts`` and ``vms`` (see ``inventory.backup``); an export
+configuration sections), ``subnets6`` (IPv6, when there are any), the fleet
+``defaults``, and ``flavors``, ``passthrough_hosts``, ``vm_hosts`` and ``vms``
+(see ``inventory.backup``); an export
 imports back to the same inventory. Import is one transaction: a bad entry
 aborts it whole, with the entry named in the error.
 """
@@ -17,8 +18,8 @@ import yaml
 from sqlalchemy.orm import Session
 
 from fleetboot.errors import FleetbootError
-from fleetboot.inventory import backup, document, service
-from fleetboot.inventory.models import BootAction, BootProfile, Node, Subnet
+from fleetboot.inventory import backup, document, service, service6
+from fleetboot.inventory.models import BootAction, BootProfile, Node, Subnet, Subnet6
 
 
 def _profile_doc(p: BootProfile) -> dict[str, Any]:
@@ -79,6 +80,9 @@ def export_inventory(session: Session, secrets: bool = False) -> str:
         "subnets": [_subnet_doc(s) for s in service.list_subnets(session)],
         "nodes": [_node_doc(session, n, secrets) for n in service.list_nodes(session)],
     }
+    subnets6 = [_subnet6_doc(s) for s in service6.list_subnets6(session)]
+    if subnets6:
+        doc["subnets6"] = subnets6
     if defaults := backup.config_doc(session, None, secrets):
         doc["defaults"] = defaults
     for key, docs in (("flavors", backup.flavor_docs(session)),
@@ -104,6 +108,7 @@ def import_inventory(session: Session, text: str,
     appliers: dict[str, Callable[[Any], None]] = {
         "profiles": lambda e: _import_profile(session, e, boot_root),
         "subnets": lambda e: _import_subnet(session, e),
+        "subnets6": lambda e: _import_subnet6(session, e),
         "nodes": lambda e: _import_node(session, e, omitted),
         "flavors": lambda e: backup.import_flavor(session, e),
         "passthrough_hosts": lambda e: backup.import_host(session, e),
@@ -213,3 +218,31 @@ def _sync_interfaces(session: Session, node: Node, nics: list[service.NicSpec]) 
     for iface in node.interfaces:
         iface.name = wanted[iface.mac].name
         iface.is_boot = iface.mac == boot
+
+
+def _subnet6_doc(s: Subnet6) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "name": s.name, "prefix": s.prefix, "dns": list(s.dns_servers),
+        "domains": list(s.domains), "valid_seconds": s.valid_seconds,
+        "preferred_seconds": s.preferred_seconds,
+        "pools": [{"start": p.start, "end": p.end} for p in s.pools],
+        "reservations": [
+            {k: v for k, v in {"mac": r.mac, "duid": r.duid, "address": r.address,
+                               "hostname": r.hostname}.items() if v} for r in s.reservations
+        ],
+    }
+    return {k: v for k, v in doc.items() if v not in (None, [], "")}
+
+
+def _import_subnet6(session: Session, e: document.Subnet6Entry) -> None:
+    existing = session.query(Subnet6).filter_by(name=e.name).one_or_none()
+    if existing is not None:
+        session.delete(existing)
+        session.flush()
+    service6.add_subnet6(session, e.name, e.prefix, dns=e.dns, domains=e.domains,
+                         valid_seconds=e.valid_seconds, preferred_seconds=e.preferred_seconds)
+    for pool in e.pools:
+        service6.add_pool6(session, e.name, pool.start, pool.end)
+    for res in e.reservations:
+        service6.add_reservation6(session, e.name, res.address, mac=res.mac, duid=res.duid,
+                                  hostname=res.hostname)

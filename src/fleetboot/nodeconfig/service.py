@@ -79,6 +79,7 @@ class NodeConfigSettings:
     """Tuning of the service; every default works for a lab."""
 
     base_url: str = "http://127.0.0.1:8080"  # what nodes are told to reach
+    base_url6: str | None = None  # the same for nodes booted over IPv6 (dhcp6.server_address)
     require_token: bool = False  # True: no document at all without the per-boot token
     token_ttl_s: float = 7 * 86400.0
     token_grace_s: float = 300.0  # the previous boot's token lives on this long
@@ -99,6 +100,8 @@ class NodeConfigSettings:
         http = settings.http
         base = getattr(http, "public_url", None) or (
             f"http://{settings.server_address}:{http.port}")
+        v6 = getattr(getattr(settings, "dhcp6", None), "server_address", None)
+        overrides.setdefault("base_url6", f"http://[{v6}]:{http.port}" if v6 else None)
         return cls(base_url=base.rstrip("/"), **overrides)
 
 
@@ -322,7 +325,8 @@ class NodeConfigService:
         with self._token_lock:
             raw, changes = self.tokens.issue(node.id, self.clock(), mac, address)
         self.writer.tokens(changes)
-        base = self.settings.base_url.rstrip("/")
+        v6 = self.settings.base_url6
+        base = (v6 if v6 and ":" in address else self.settings.base_url).rstrip("/")
         args = [f"fleetboot.url={base}", f"fleetboot.token={raw}"]
         if self.settings.add_client_hook:
             args.append(f"fleetboot.hook={base}{CLIENT_PATH}")

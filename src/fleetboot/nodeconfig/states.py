@@ -97,11 +97,11 @@ def _is_pxe(detail: Mapping[str, object]) -> bool:
 
 def _dhcp(event: BootEvent) -> Classified | None:
     kind = event.kind.upper()
-    if kind not in ("DISCOVER", "REQUEST"):
+    if kind not in ("DISCOVER", "REQUEST", "SOLICIT"):  # SOLICIT: DHCPv6's DISCOVER
         return None  # replies, INFORM, RELEASE: timeline only
     if _is_pxe(event.detail):
         return Classified(Signal.PXE_DHCP)
-    return Classified(Signal.OS_DISCOVER if kind == "DISCOVER" else Signal.OS_REQUEST)
+    return Classified(Signal.OS_REQUEST if kind == "REQUEST" else Signal.OS_DISCOVER)
 
 
 def _http(event: BootEvent) -> Classified | None:

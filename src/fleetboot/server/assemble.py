@@ -9,7 +9,7 @@ boot-file source (and its chunk cache).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,8 @@ from fleetboot.inventory.db import Database
 from fleetboot.nodeconfig.service import NodeConfigService, NodeConfigSettings
 from fleetboot.protocols.tftp.options import TftpQuirk
 from fleetboot.server.dhcp import DhcpService, settings_from_config
+from fleetboot.server.dhcp6 import Dhcp6Service, settings6_from_config
+from fleetboot.server.directory import DirectoryChain, LeaseDirectory
 from fleetboot.server.http import HttpService, create_app
 from fleetboot.server.metrics import registry
 from fleetboot.server.runtime import ReloadHook, Runtime, Service
@@ -33,6 +35,8 @@ class Assembly:
     http: HttpService | None
     nodeconfig: NodeConfigService
     source: BootFileSource
+    dhcp6: Dhcp6Service | None = None
+    tftp6: TftpServer | None = None
 
 
 def tftp_settings(settings: Settings) -> TftpSettings:
@@ -80,20 +84,33 @@ def assemble(settings: Settings, db: Database | None = None) -> Assembly:
     Path(settings.boot_root).mkdir(parents=True, exist_ok=True)
     source = BootFileSource(settings.boot_root)
     dhcp = DhcpService(settings_from_config(settings), db)
-    nodeconfig = NodeConfigService(db, dhcp, NodeConfigSettings.from_settings(settings),
+    # IPv6: DHCPv6 leases identify nodes too, and TFTP/HTTP also listen on [::].
+    dhcp6 = Dhcp6Service(settings6_from_config(settings), db) if settings.dhcp6.enabled else None
+    directory: LeaseDirectory = dhcp if dhcp6 is None else DirectoryChain(dhcp, dhcp6)
+    nodeconfig = NodeConfigService(db, directory, NodeConfigSettings.from_settings(settings),
                                    admin_token=admin_token(settings))
     dhcp.events = nodeconfig.sink
     services: list[Service] = [nodeconfig]
     if settings.dhcp.enabled:
         services.append(dhcp)
-    tftp = None
+    if dhcp6 is not None:
+        dhcp6.events = nodeconfig.sink
+        services.append(dhcp6)
+    tftp = tftp6 = None
     if settings.tftp.enabled:
-        tftp = TftpServer(tftp_settings(settings), source, events=nodeconfig.sink, directory=dhcp)
+        tftp = TftpServer(tftp_settings(settings), source, events=nodeconfig.sink,
+                          directory=directory)
         services.append(tftp)
+        if dhcp6 is not None and settings.dhcp6.dual_stack:
+            tftp6 = TftpServer(replace(tftp_settings(settings), host="::"), source,
+                               events=nodeconfig.sink, directory=directory)
+            services.append(tftp6)
     http = None
     reload_hooks: list[ReloadHook] = [dhcp.reload, nodeconfig.reload]
+    if dhcp6 is not None:
+        reload_hooks.append(dhcp6.reload)
     if settings.http.enabled:
-        app = create_app(settings, db, dhcp, nodeconfig.sink, source=source,
+        app = create_app(settings, db, directory, nodeconfig.sink, source=source,
                          extra_routes=nodeconfig.routes(), cmdline_hook=nodeconfig.cmdline_hook,
                          node_status=node_status_probe(nodeconfig))
         # Scripts render from an in-memory view the runtime reloads on revision changes;
@@ -102,10 +119,14 @@ def assemble(settings: Settings, db: Database | None = None) -> Assembly:
         scripts.follow_runtime()
         reload_hooks.append(scripts.reload)
         http = HttpService.from_settings(app, settings, protocol=nodeconfig.http_protocol())
+        if dhcp6 is not None and settings.dhcp6.dual_stack:
+            http.extra_hosts = ("::",)
         services += [scripts, http]
     runtime = Runtime(db, services, reload_hooks=reload_hooks)
     # Everything counted, in GET /metrics (DHCP and HTTP register their own).
     registry.register("nodeconfig", nodeconfig.counters)
     if tftp is not None:
         registry.register("tftp", FieldCounters(tftp.stats))
-    return Assembly(runtime, dhcp, tftp, http, nodeconfig, source)
+    if tftp6 is not None:
+        registry.register("tftp6", FieldCounters(tftp6.stats))
+    return Assembly(runtime, dhcp, tftp, http, nodeconfig, source, dhcp6, tftp6)

@@ -23,3 +23,17 @@ class StaticDirectory:
 
     def mac_for_address(self, address: str) -> str | None:
         return self.mapping.get(address)
+
+
+class DirectoryChain:
+    """Several directories asked in turn: the DHCPv4 leases, then the DHCPv6 ones."""
+
+    def __init__(self, *directories: LeaseDirectory) -> None:
+        self.directories = directories
+
+    def mac_for_address(self, address: str) -> str | None:
+        for directory in self.directories:
+            mac = directory.mac_for_address(address)
+            if mac is not None:
+                return mac
+        return None

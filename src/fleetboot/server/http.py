@@ -330,6 +330,8 @@ def _listen(host: str, port: int) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:  # beside an IPv4 socket on the same port
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind((host, port))
         sock.listen(2048)
         sock.setblocking(False)
@@ -378,6 +380,7 @@ class HttpService:
         self.server: uvicorn.Server | None = None
         self.task: asyncio.Task[None] | None = None
         self.port = port
+        self.extra_hosts: tuple[str, ...] = ()  # more addresses on the same port ("::")
 
     @classmethod
     def from_settings(cls, app: Any, settings: Settings,
@@ -401,8 +404,15 @@ class HttpService:
     async def start(self) -> None:
         sock = _listen(self.host, self.requested_port)
         self.port = sock.getsockname()[1]
+        socks = [sock]
+        try:
+            socks += [_listen(host, self.port) for host in self.extra_hosts]
+        except BaseException:
+            for opened in socks:
+                opened.close()
+            raise
         self.server = _EmbeddedServer(self._config())
-        self.task = asyncio.get_running_loop().create_task(self.server.serve(sockets=[sock]))
+        self.task = asyncio.get_running_loop().create_task(self.server.serve(sockets=socks))
         while not self.server.started:
             if self.task.done():
                 self.task.result()  # re-raise why it stopped

@@ -404,6 +404,13 @@ class ScriptService:
         http = self.settings.http
         return ipxe.Urls(http.public_url or f"http://{self.settings.server_address}:{http.port}")
 
+    def urls_for(self, address: str) -> ipxe.Urls:
+        """An IPv6 client (booted by DHCPv6) gets URLs on our IPv6 address, if one is set."""
+        v6 = self.settings.dhcp6.server_address
+        if ":" in address and v6:
+            return ipxe.Urls(f"http://[{v6}]:{self.settings.http.port}")
+        return self.urls
+
     def register_metrics(self) -> None:
         registry.register("scripts", self.counters)
         registry.register("oneshot", self.writer.counters)
@@ -508,7 +515,7 @@ class ScriptService:
         self.counters["served"] += 1
         if not consume:
             return await self._render(mac, address, False)
-        key = mac or address
+        key = (mac or address) + ("/6" if ":" in address else "")  # URLs differ by family
         recent = self._recent.get(key)
         if recent is not None and recent[0] > time.monotonic():
             self.counters["reused"] += 1
@@ -587,7 +594,8 @@ class ScriptService:
             consumed = True
         extra = self.hook(node, nic.mac, address) if booting and self.hook else ""
         who = ipxe.Who(node.name, nic.mac, address)
-        text = ipxe.render_choice(choice.action, choice.profile, choice.rule, self.urls, who,
+        text = ipxe.render_choice(choice.action, choice.profile, choice.rule,
+                                  self.urls_for(address), who,
                                   wait_seconds=self.settings.http.wait_seconds,
                                   extra_args=extra)
         return ServedScript(text, choice.action.value, node.name,
@@ -632,7 +640,7 @@ class ScriptService:
         assert self.admission is not None
         seconds = self.admission.wait_seconds()
         who = ipxe.Who(nic.node.name, nic.mac, address)
-        text = ipxe.render_wait(self.urls, who, wait_seconds=seconds,
+        text = ipxe.render_wait(self.urls_for(address), who, wait_seconds=seconds,
                                 why="(admission control: the server is busy)",
                                 message="the boot server is busy with other boots")
         return ServedScript(text, BootAction.WAIT.value, nic.node.name,
@@ -642,13 +650,13 @@ class ScriptService:
         http = self.settings.http
         who = ipxe.Who(None, mac, address)
         if http.unknown_menu:
-            text = ipxe.render_menu(view.menu(http.unknown_menu), self.urls, who,
+            text = ipxe.render_menu(view.menu(http.unknown_menu), self.urls_for(address), who,
                                     wait_seconds=http.wait_seconds,
                                     timeout_s=http.menu_timeout_s, default=http.menu_default)
             return ServedScript(text, "menu", rule="menu for unknown machines")
         action = BootAction(http.unknown_action)
         rule = "policy for unknown machines"
-        text = ipxe.render_choice(action, None, rule, self.urls, who,
+        text = ipxe.render_choice(action, None, rule, self.urls_for(address), who,
                                   wait_seconds=http.wait_seconds)
         return ServedScript(text, action.value, rule=rule)
 

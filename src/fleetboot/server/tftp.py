@@ -83,6 +83,7 @@ log = logging.getLogger(__name__)
 # Linux socket constants Python's socket module does not export.
 IP_PKTINFO = 8
 IP_MTU = 14
+IPV6_MTU = 24  # linux/in6.h; the socket module does not export it
 SO_SNDBUFFORCE = 32
 SO_RCVBUFFORCE = 33
 
@@ -355,14 +356,19 @@ class TftpServer:
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
         _raise_fd_limit(self.settings.max_sessions + 1024)
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        ipv6 = ":" in self.settings.host  # "::": a second, IPv6-only server beside 0.0.0.0
+        sock = socket.socket(socket.AF_INET6 if ipv6 else socket.AF_INET, socket.SOCK_DGRAM)
         sock.setblocking(False)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)  # learn which address was asked
+        if ipv6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+        else:
+            sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)  # learn which address was asked
         _set_buffer(sock, socket.SO_RCVBUF, SO_RCVBUFFORCE, self.settings.socket_buffer)
         sock.bind((self.settings.host, self.settings.port))
         self._sock = sock
-        self.address = sock.getsockname()
+        self.address = sock.getsockname()[:2]
         self.loop.add_reader(sock.fileno(), self._on_listen_readable)
         self._sweeper = self.loop.create_task(self._sweep())
         log.info("TFTP serving %s on %s:%d", self.source.root, *self.address)
@@ -396,13 +402,14 @@ class TftpServer:
         assert self._sock is not None
         for _ in range(_RECV_BATCH):
             try:
-                data, anc, _flags, client = self._sock.recvmsg(65536, socket.CMSG_SPACE(12))
+                data, anc, _flags, client = self._sock.recvmsg(65536, socket.CMSG_SPACE(20))
             except BlockingIOError:
                 return
             except OSError as exc:
                 self.rate_log.warning("listen", "TFTP listening socket: %s", exc)
                 return
-            self._on_request(data, client, _local_address(anc))
+            # IPv6: (host%scope, port) is enough to answer, also for link-local clients.
+            self._on_request(data, client[:2], _local_address(anc))
 
     def _on_request(self, data: bytes, client: Address, local: str | None) -> None:
         self.stats.requests += 1
@@ -532,10 +539,12 @@ class TftpServer:
                               generated=file.generated)
 
     def _session_socket(self, local: str | None, client: Address) -> socket.socket:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        family = socket.AF_INET6 if ":" in client[0] else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
             sock.setblocking(False)
-            host = local or (self.settings.host if self.settings.host != "0.0.0.0" else "")
+            host = local or (self.settings.host if self.settings.host not in ("0.0.0.0", "::")
+                             else "")
             _bind_session(sock, host, self.settings.session_ports)
             sock.connect(client)
         except BaseException:
@@ -632,6 +641,9 @@ def _local_address(ancillary: list[tuple[int, int, bytes]]) -> str | None:
     for level, kind, data in ancillary:
         if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= 12:
             return socket.inet_ntoa(data[4:8])  # ipi_spec_dst: our address the client used
+        if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO and len(data) >= 16:
+            local = socket.inet_ntop(socket.AF_INET6, data[:16])
+            return None if local.startswith("fe80") else local  # link-local needs a scope
     return None
 
 
@@ -652,7 +664,10 @@ def _bind_session(sock: socket.socket, host: str, ports: tuple[int, int] | None)
 def _clamp_to_path_mtu(policy: OptionPolicy, sock: socket.socket) -> OptionPolicy:
     """Never offer blocks that would fragment on the route to this client."""
     try:
-        mtu = sock.getsockopt(socket.IPPROTO_IP, IP_MTU)
+        if sock.family == socket.AF_INET6:  # an IPv6 header is 20 bytes longer
+            mtu = sock.getsockopt(socket.IPPROTO_IPV6, IPV6_MTU) - 20
+        else:
+            mtu = sock.getsockopt(socket.IPPROTO_IP, IP_MTU)
     except OSError:
         return policy
     limit = blksize_for_mtu(mtu)
