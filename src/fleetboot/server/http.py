@@ -185,6 +185,9 @@ async def _file(request: Request) -> Response:
     if name.startswith("/"):
         return _error(ctx, 400, "absolute file names are refused", "file", address, mac,
                       base, started)
+    if name.endswith(("/", "/.")):  # names a directory, never the file before the slash
+        return _error(ctx, 404, f"{name[:256]}: no such boot file (a directory name)",
+                      "file", address, mac, base, started)
     if name == SCRIPT_FILE:
         return await _script(request)  # same answer (and HEAD semantics) as /boot/script.ipxe
     try:

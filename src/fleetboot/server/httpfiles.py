@@ -47,7 +47,11 @@ ZEROCOPY = "http.response.zerocopysend"
 STREAM_CHUNK = 1 << 20  # matches the chunk cache, so each piece is one cached chunk
 STALL_TIMEOUT_S = 60.0  # a transfer without progress this long is given up
 
-_RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
+_RANGE = re.compile(r"^[ \t]*bytes[ \t]*=[ \t]*([0-9]*)[ \t]*-[ \t]*([0-9]*)[ \t]*\Z",
+                    re.IGNORECASE | re.ASCII)
+# No file is 10**19 bytes long (2**63 is 19 digits): a longer number is malformed, and
+# int() of a number over 4,300 digits even raises (Python's conversion limit).
+MAX_RANGE_DIGITS = 19
 
 
 class ClientDisconnected(OSError):
@@ -74,18 +78,20 @@ class ByteRange:
 def parse_range(header: str | None, size: int) -> ByteRange | None:
     """The one byte range asked for, or None for "send the whole file". Pure.
 
-    Malformed headers and multi-range requests are ignored (the RFC lets a
-    server ignore Range); a syntactically valid range that starts at or past
-    the end raises :class:`RangeNotSatisfiable`.
+    Malformed headers (numbers of more than 19 digits included) and multi-range
+    requests are ignored (the RFC lets a server ignore Range); a syntactically
+    valid range that starts at or past the end raises :class:`RangeNotSatisfiable`.
     """
     if header is None or "," in header:
         return None
     match = _RANGE.match(header)
     if match is None:
         return None
-    first, last = match.group(1), match.group(2)
+    first, last = _significant(match.group(1)), _significant(match.group(2))
     if not first and not last:
         return None
+    if len(first) > MAX_RANGE_DIGITS or len(last) > MAX_RANGE_DIGITS:
+        return None  # malformed: no such offset, so the whole file
     if not first:  # suffix range: the last N bytes
         suffix = int(last)
         if suffix == 0 or size == 0:
@@ -98,6 +104,11 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
     if start >= size:
         raise RangeNotSatisfiable
     return ByteRange(start, min(end, size))
+
+
+def _significant(digits: str) -> str:
+    """``digits`` without leading zeros ("000" -> "0", "" stays "")."""
+    return digits.lstrip("0") or digits[:1]
 
 
 def if_range_matches(if_range: str | None, etag: str, last_modified: str) -> bool:
