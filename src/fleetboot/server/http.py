@@ -84,6 +84,7 @@ from fleetboot.server.httpfiles import (
     ZeroCopyHttpToolsProtocol,
     etag_matches,
 )
+from fleetboot.server.httpguard import HeaderLimits, guarded_protocol, head_stats
 from fleetboot.server.metrics import registry
 from fleetboot.server.scripts import CmdlineHook, ScriptRefused, ScriptService, ServedScript
 
@@ -297,6 +298,7 @@ def create_app(
     scripts.register_metrics()
     gate = TransferGate(TransferLimits.from_config(settings.admission))
     registry.register("transfers", gate.counters)
+    registry.register("http_heads", head_stats)
     if not any(p.pattern == SCRIPT_FILE for p in source.providers):
         # ttl 0: the script service shares and reuses renders itself.
         source.add_provider(SCRIPT_FILE, scripts.provide, ttl=0)
@@ -344,9 +346,28 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 def http_protocol(extra: type[asyncio.Protocol] | str | None = None, *,
-                  zero_copy: bool = True) -> type[asyncio.Protocol] | str:
+                  zero_copy: bool = True,
+                  header_limits: HeaderLimits | None = None) -> type[asyncio.Protocol] | str:
     """The ``uvicorn.Config(http=...)`` value: our zero-copy protocol, combined with
-    another httptools-based protocol class (e.g. node-config's fast path) if given."""
+    another httptools-based protocol class (e.g. node-config's fast path) if given,
+    behind the request-head limits (``server/httpguard.py``)."""
+    chosen = _stacked_protocol(extra, zero_copy)
+    limits = header_limits or HeaderLimits()
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:  # no httptools: uvicorn's h11 bounds the head itself (see _config)
+        return chosen
+    if isinstance(chosen, str) and chosen in ("auto", "httptools"):
+        chosen = HttpToolsProtocol
+    if isinstance(chosen, type) and issubclass(chosen, HttpToolsProtocol):
+        return guarded_protocol(chosen, limits)
+    log.warning("%s is not an httptools protocol; request heads are bounded only by it",
+                chosen if isinstance(chosen, str) else chosen.__name__)
+    return chosen
+
+
+def _stacked_protocol(extra: type[asyncio.Protocol] | str | None,
+                      zero_copy: bool) -> type[asyncio.Protocol] | str:
     zc = ZeroCopyHttpToolsProtocol if zero_copy else None
     if extra is None or isinstance(extra, str):
         return zc or extra or "auto"
@@ -372,10 +393,13 @@ class HttpService:
     def __init__(self, app: Any, host: str = "0.0.0.0", port: int = 8080, *,
                  zero_copy: bool = True, keep_alive_s: float = 15.0,
                  access_log: bool = False,
-                 protocol: type[asyncio.Protocol] | str | None = None) -> None:
+                 protocol: type[asyncio.Protocol] | str | None = None,
+                 header_limits: HeaderLimits | None = None) -> None:
         self.app, self.host, self.requested_port = app, host, port
         self.zero_copy = zero_copy and ZeroCopyHttpToolsProtocol is not None
-        self.protocol = http_protocol(protocol, zero_copy=self.zero_copy)
+        self.header_limits = header_limits or HeaderLimits()
+        self.protocol = http_protocol(protocol, zero_copy=self.zero_copy,
+                                      header_limits=self.header_limits)
         self.keep_alive_s = keep_alive_s
         self.access_log = access_log
         self.server: uvicorn.Server | None = None
@@ -388,7 +412,7 @@ class HttpService:
         http = settings.http
         return cls(app, http.host, http.port, zero_copy=http.zero_copy,
                    keep_alive_s=http.keep_alive_s, access_log=http.access_log,
-                   protocol=protocol)
+                   protocol=protocol, header_limits=HeaderLimits.from_config(http))
 
     def _config(self) -> uvicorn.Config:
         return uvicorn.Config(
@@ -398,6 +422,7 @@ class HttpService:
             # Identity is the TCP peer: never let X-Forwarded-For rewrite it.
             proxy_headers=False, server_header=False,
             timeout_keep_alive=int(self.keep_alive_s), access_log=self.access_log,
+            h11_max_incomplete_event_size=self.header_limits.max_header_bytes,
             log_config=None,  # the process's logging belongs to the runtime
         )
 
