@@ -15,7 +15,11 @@ Two limits, both configured in the ``admission:`` section and both visible in
   initrds, images). Requests beyond the limit wait in a FIFO queue of bounded
   length for a bounded time, instead of all competing for the same bandwidth
   and event loop; a full queue or a wait past the bound answers 503 with
-  ``Retry-After``, which iPXE obeys by asking again after that delay.
+  ``Retry-After``, which iPXE obeys by asking again after that delay. One
+  client (TCP peer address) holds at most ``max_per_client`` slots and places
+  in line, and a transfer slower than its :class:`RateFloor` is cut off
+  (``server/httpfiles.py`` enforces it; :class:`RateWatch` decides), so slow
+  readers cannot keep the slots from everybody else (issue 11).
 
 Boots are tracked (and counted in metrics) even without a limit.
 """
@@ -196,41 +200,123 @@ class GateBusy(Exception):
 
 
 @dataclass(frozen=True)
+class RateFloor:
+    """The slowest a transfer holding a slot may go: ``bytes_per_s`` over each window."""
+
+    bytes_per_s: float = 32 << 10  # 0: no floor
+    window_s: float = 10.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.bytes_per_s > 0
+
+    @property
+    def window_bytes(self) -> int:
+        """What one window must move (at least 64 KiB, so slices stay worth a syscall)."""
+        return max(64 << 10, int(self.bytes_per_s * self.window_s))
+
+    def describe(self) -> str:
+        return f"{self.bytes_per_s / 1024:g} KiB/s over {self.window_s:g} s"
+
+
+class RateWatch:
+    """Is a transfer keeping above its floor? Pure: time and bytes are parameters.
+
+    Windows follow each other: at the end of each, the bytes sent during it
+    must reach ``floor.bytes_per_s * elapsed``. A burst into empty socket
+    buffers counts for its own window only, so a reader that stalls after
+    it is found out at the end of the next window.
+    """
+
+    def __init__(self, floor: RateFloor, now: float, sent: int = 0) -> None:
+        self.floor = floor
+        self.window_start = now
+        self.window_sent = sent
+
+    def too_slow(self, now: float, sent: int) -> bool:
+        elapsed = now - self.window_start
+        if not self.floor.enabled or elapsed < self.floor.window_s:
+            return False
+        if sent - self.window_sent < self.floor.bytes_per_s * elapsed:
+            return True
+        self.window_start, self.window_sent = now, sent
+        return False
+
+
+@dataclass(frozen=True)
 class TransferLimits:
     max_transfers: int = 32  # 0: no limit (transfers are still counted)
     large_file_bytes: int = 1 << 20
     max_queued: int = 4096
     queue_timeout_s: float = 25.0
     retry_after_s: int = 5
+    max_per_client: int = 8  # slots and places in line of one peer address; 0: no limit
+    floor: RateFloor = RateFloor()
 
     @classmethod
     def from_config(cls, cfg: Any) -> TransferLimits:
         return cls(cfg.max_transfers, cfg.large_file_bytes, cfg.max_queued_transfers,
-                   cfg.queue_timeout_s, cfg.retry_after_s)
+                   cfg.queue_timeout_s, cfg.retry_after_s, cfg.max_transfers_per_client,
+                   RateFloor(cfg.min_transfer_rate_kib_s * 1024, cfg.transfer_rate_window_s))
 
 
 class TransferGate:
     """A FIFO semaphore with a bounded queue and a bounded wait, on the event loop.
 
     A released slot goes straight to the first waiter, so a newcomer can never
-    overtake the queue.
+    overtake the queue. ``client`` (the peer address) is counted from the
+    request until :meth:`release`; one client has at most ``max_per_client``
+    transfers running or waiting, the next is refused at once.
     """
 
     def __init__(self, limits: TransferLimits | None = None) -> None:
         self.limits = limits or TransferLimits()
         self.active = 0
         self._queue: deque[asyncio.Future[None]] = deque()
+        self._clients: dict[str, int] = {}  # peer address -> transfers running or waiting
         self.counters: dict[str, int] = {
             "max": self.limits.max_transfers, "queue_max": self.limits.max_queued,
-            "active": 0, "queued": 0, "started": 0, "waited": 0, "rejected_full": 0,
-            "rejected_timeout": 0,
+            "max_per_client": self.limits.max_per_client,
+            "active": 0, "queued": 0, "clients": 0, "started": 0, "waited": 0,
+            "rejected_full": 0, "rejected_timeout": 0, "rejected_client": 0,
+            "aborted_too_slow": 0,
         }
 
     def applies(self, size: int) -> bool:
         return size >= self.limits.large_file_bytes
 
-    async def acquire(self) -> None:
-        """Take a slot (maybe after waiting in line); raises :class:`GateBusy`."""
+    async def acquire(self, client: str = "") -> None:
+        """Take a slot (maybe after waiting in line) for ``client``; raises
+        :class:`GateBusy`. Pair with ``release(client)``."""
+        self._join(client)
+        try:
+            await self._acquire_slot()
+        except BaseException:
+            self._leave(client)
+            raise
+
+    def _join(self, client: str) -> None:
+        cap = self.limits.max_per_client
+        held = self._clients.get(client, 0)
+        if client and cap > 0 and held >= cap:
+            self.counters["rejected_client"] += 1
+            raise GateBusy(f"{cap} transfers from {client} already")
+        if client:
+            self._clients[client] = held + 1
+            self.counters["clients"] = len(self._clients)
+
+    def _leave(self, client: str) -> None:
+        held = self._clients.get(client, 0)
+        if held > 1:
+            self._clients[client] = held - 1
+        elif held:
+            del self._clients[client]
+            self.counters["clients"] = len(self._clients)
+
+    def held_by(self, client: str) -> int:
+        return self._clients.get(client, 0)
+
+    async def _acquire_slot(self) -> None:
         limit = self.limits.max_transfers
         if limit <= 0 or (self.active < limit and not self._queue):
             self._take()
@@ -274,7 +360,8 @@ class TransferGate:
             self._queue.remove(waiter)
         self._gauges()
 
-    def release(self) -> None:
+    def release(self, client: str = "") -> None:
+        self._leave(client)
         while self._queue:
             waiter = self._queue.popleft()
             if not waiter.done():

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import ipaddress
 import logging
@@ -145,6 +146,7 @@ def _error(ctx: HttpContext, status: int, message: str, kind: str, address: str,
 def _transfer_detail(t: Transfer) -> dict[str, Any]:
     return {"status": t.status, "size": t.size, "bytes": t.sent, "complete": t.complete,
             "duration_s": round(t.duration_s, 6), "zero_copy": t.zero_copy,
+            **({"too_slow": True} if t.too_slow else {}),
             "range": f"{t.byte_range.start}-{t.byte_range.end - 1}" if t.byte_range else None}
 
 
@@ -204,19 +206,23 @@ async def _file(request: Request) -> Response:
         and not etag_matches(request.headers.get("if-none-match"), file.etag)
     if gated:
         try:
-            await ctx.gate.acquire()
+            await ctx.gate.acquire(address)
         except GateBusy as exc:
             return _busy(ctx, exc.reason, address, mac, base, started)
     queued_s = round(time.monotonic() - started, 6)
 
     def done(t: Transfer) -> None:
+        if t.too_slow:
+            ctx.gate.counters["aborted_too_slow"] += 1
         ctx.emit("file", address, mac, {**base, **_transfer_detail(t),
                                         "generated": file.generated, "queued_s": queued_s})
 
     headers = {"cache-control": "no-store"} if file.generated else None
     return BootFileResponse(file, started=started, on_done=done, extra_headers=headers,
                             zero_copy=ctx.settings.http.zero_copy,
-                            on_close=ctx.gate.release if gated else None)
+                            on_close=functools.partial(ctx.gate.release, address)
+                            if gated else None,
+                            rate_floor=ctx.gate.limits.floor if gated else None)
 
 
 def _busy(ctx: HttpContext, reason: str, address: str, mac: str | None,
