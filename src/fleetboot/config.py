@@ -172,6 +172,8 @@ class AdmissionConfig(_Section):
     # slot freed (slow readers must not keep slots from everybody else); 0: no floor.
     min_transfer_rate_kib_s: float = Field(default=32.0, ge=0)
     transfer_rate_window_s: float = Field(default=10.0, gt=0, le=3600)
+    # ...and its address gets no large transfer for this long (503 + Retry-After); 0: none.
+    slow_client_penalty_s: float = Field(default=60.0, ge=0, le=86400)
 
 
 class SecurityConfig(_Section):

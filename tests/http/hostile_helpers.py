@@ -127,8 +127,9 @@ async def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> No
 
 
 async def slow_readers_are_cut_off(db: Database, tmp_path: Path, zero_copy: bool) -> None:
-    """Six slow readers at 2 KiB/s against four slots: past the rate floor they are cut
-    off, and a normal client's download still gets a slot and completes."""
+    """Six slow readers at 2 KiB/s (from 127.0.0.1) against four slots: past the rate
+    floor they are cut off, and a normal client's download (from 127.0.0.2) still gets a
+    slot and completes; the slow host is refused for a while after."""
     limits = TransferLimits(max_transfers=4, max_per_client=0, queue_timeout_s=15,
                             floor=RateFloor(64 << 10, 1.0))
     async with serving(db, tmp_path, limits, zero_copy=zero_copy) as service:
@@ -136,12 +137,17 @@ async def slow_readers_are_cut_off(db: Database, tmp_path: Path, zero_copy: bool
         readers = [SlowReader(service.port, BIG_PATH).start() for _ in range(6)]
         try:
             await wait_for(lambda: gate.counters["active"] == 4 and gate.counters["queued"] == 2)
-            status, size = await curl_status(f"http://127.0.0.1:{service.port}{BIG_PATH}")
+            status, size = await curl_status(f"http://127.0.0.1:{service.port}{BIG_PATH}",
+                                             "--interface", "127.0.0.2")
             assert (status, size) == (200, 48 << 20)
             assert gate.counters["aborted_too_slow"] >= 4
             if zero_copy:  # cut off with a reset: what the kernel held for them is dropped
                 await wait_for(lambda: sum(r.closed_by_server for r in readers) >= 4)
             assert all(r.received < 48 << 20 for r in readers)
+            again = SlowReader(service.port, BIG_PATH).start()
+            readers.append(again)
+            await wait_for(lambda: again.status is not None)
+            assert again.status == 503 and gate.counters["rejected_penalized"] >= 1
         finally:
             for reader in readers:
                 reader.stop()

@@ -38,13 +38,13 @@ from fleetboot.server.admission import (
 FLOOR = RateFloor(bytes_per_s=1000, window_s=10)
 
 
-@given(rate=st.floats(1000, 1e7), ticks=st.lists(st.floats(0.01, 3), min_size=1, max_size=60))
-def test_a_transfer_at_the_floor_or_faster_is_never_cut(rate: float,
+@given(rate=st.floats(1001, 1e7), ticks=st.lists(st.floats(0.01, 3), min_size=1, max_size=60))
+def test_a_transfer_above_the_floor_is_never_cut(rate: float,
                                                         ticks: list[float]) -> None:
     watch, now = RateWatch(FLOOR, 0.0), 0.0
     for dt in ticks:
         now += dt
-        assert not watch.too_slow(now, int(rate * now) + 1)
+        assert not watch.too_slow(now, int(rate * now))
 
 
 @given(burst=st.integers(0, 10**9), stop=st.floats(0, 100),
@@ -73,10 +73,13 @@ def test_no_floor_never_cuts() -> None:
 def test_limits_come_from_the_settings() -> None:
     limits = TransferLimits.from_config(AdmissionConfig(max_transfers_per_client=3,
                                                         min_transfer_rate_kib_s=16,
-                                                        transfer_rate_window_s=5))
+                                                        transfer_rate_window_s=5,
+                                                        slow_client_penalty_s=7))
     assert limits.max_per_client == 3 and limits.floor == RateFloor(16 * 1024, 5)
+    assert limits.slow_penalty_s == 7
     defaults = TransferLimits.from_config(AdmissionConfig())
     assert defaults.max_per_client == 8 and defaults.floor == RateFloor(32 * 1024, 10)
+    assert defaults.slow_penalty_s == 60
 
 
 # --- the per-client cap ---------------------------------------------------------------------
@@ -113,6 +116,35 @@ async def test_places_in_line_count_and_are_given_back() -> None:
     assert gate.held_by("a") == 1
     gate.release("a")
     assert gate.held_by("a") == 0 and gate.counters["active"] == 0
+
+
+async def test_a_client_cut_off_for_slowness_waits_out_its_penalty() -> None:
+    now = [100.0]
+    gate = TransferGate(TransferLimits(max_transfers=4, slow_penalty_s=30),
+                        clock=lambda: now[0])
+    await gate.acquire("slow")
+    gate.release("slow")
+    gate.penalize("slow")
+    with pytest.raises(GateBusy, match="read too slowly") as refused:
+        await gate.acquire("slow")
+    assert refused.value.retry_after_s == 30
+    await gate.acquire("other")  # nobody else is affected
+    now[0] += 29.5
+    with pytest.raises(GateBusy):
+        await gate.acquire("slow")
+    now[0] += 1
+    await gate.acquire("slow")  # served its time
+    assert gate.counters["rejected_penalized"] == 2 and gate.counters["penalized"] == 0
+    assert gate.counters["aborted_too_slow"] == 1
+
+
+async def test_penalties_are_forgotten_once_over() -> None:
+    now = [0.0]
+    gate = TransferGate(TransferLimits(slow_penalty_s=10), clock=lambda: now[0])
+    for i in range(1000):
+        gate.penalize(f"10.0.{i // 250}.{i % 250}")
+        now[0] += 0.1
+    assert gate.penalty_left("anyone") == 0 and gate.counters["penalized"] == 100
 
 
 # --- real slow readers ------------------------------------------------------------------------

@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
-from collections import deque
+import time
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -194,9 +196,10 @@ class BootAdmission:
 class GateBusy(Exception):
     """No transfer slot: the queue is full or the wait took too long (answer 503)."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, retry_after_s: int | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.retry_after_s = retry_after_s  # None: the gate's usual retry_after_s
 
 
 @dataclass(frozen=True)
@@ -252,12 +255,15 @@ class TransferLimits:
     retry_after_s: int = 5
     max_per_client: int = 8  # slots and places in line of one peer address; 0: no limit
     floor: RateFloor = RateFloor()
+    # A peer cut off for reading too slowly gets no slot for this long (503 + Retry-After).
+    slow_penalty_s: float = 60.0
 
     @classmethod
     def from_config(cls, cfg: Any) -> TransferLimits:
         return cls(cfg.max_transfers, cfg.large_file_bytes, cfg.max_queued_transfers,
                    cfg.queue_timeout_s, cfg.retry_after_s, cfg.max_transfers_per_client,
-                   RateFloor(cfg.min_transfer_rate_kib_s * 1024, cfg.transfer_rate_window_s))
+                   RateFloor(cfg.min_transfer_rate_kib_s * 1024, cfg.transfer_rate_window_s),
+                   cfg.slow_client_penalty_s)
 
 
 class TransferGate:
@@ -266,20 +272,28 @@ class TransferGate:
     A released slot goes straight to the first waiter, so a newcomer can never
     overtake the queue. ``client`` (the peer address) is counted from the
     request until :meth:`release`; one client has at most ``max_per_client``
-    transfers running or waiting, the next is refused at once.
+    transfers running or waiting, the next is refused at once. A client whose
+    transfer was cut off for reading too slowly (:meth:`penalize`) is refused
+    for ``slow_penalty_s``: each slot a slow reader gets is held for a whole
+    rate window, while a boot's transfer takes a fraction of a second, so slow
+    readers that came straight back would pile up on the slots again.
     """
 
-    def __init__(self, limits: TransferLimits | None = None) -> None:
+    def __init__(self, limits: TransferLimits | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.limits = limits or TransferLimits()
+        self.clock = clock
         self.active = 0
         self._queue: deque[asyncio.Future[None]] = deque()
         self._clients: dict[str, int] = {}  # peer address -> transfers running or waiting
+        # peer address -> end of its penalty; in order of expiry (the penalty is constant)
+        self._penalized: OrderedDict[str, float] = OrderedDict()
         self.counters: dict[str, int] = {
             "max": self.limits.max_transfers, "queue_max": self.limits.max_queued,
             "max_per_client": self.limits.max_per_client,
             "active": 0, "queued": 0, "clients": 0, "started": 0, "waited": 0,
             "rejected_full": 0, "rejected_timeout": 0, "rejected_client": 0,
-            "aborted_too_slow": 0,
+            "rejected_penalized": 0, "aborted_too_slow": 0, "penalized": 0,
         }
 
     def applies(self, size: int) -> bool:
@@ -295,7 +309,31 @@ class TransferGate:
             self._leave(client)
             raise
 
+    def penalize(self, client: str) -> None:
+        """``client``'s transfer was cut off for reading too slowly."""
+        self.counters["aborted_too_slow"] += 1
+        if not client or self.limits.slow_penalty_s <= 0:
+            return
+        self._penalized.pop(client, None)
+        self._penalized[client] = self.clock() + self.limits.slow_penalty_s
+        self.counters["penalized"] = len(self._penalized)
+
+    def penalty_left(self, client: str) -> float:
+        """Seconds until ``client`` may have a slot again (0: now)."""
+        now = self.clock()
+        while self._penalized:  # drop the expired ones, oldest first
+            first, until = next(iter(self._penalized.items()))
+            if until > now:
+                break
+            del self._penalized[first]
+        self.counters["penalized"] = len(self._penalized)
+        return max(0.0, self._penalized.get(client, now) - now)
+
     def _join(self, client: str) -> None:
+        if client and (left := self.penalty_left(client)) > 0:
+            self.counters["rejected_penalized"] += 1
+            raise GateBusy(f"{client} read too slowly; no large transfers for {left:.0f} s",
+                           math.ceil(left))
         cap = self.limits.max_per_client
         held = self._clients.get(client, 0)
         if client and cap > 0 and held >= cap:

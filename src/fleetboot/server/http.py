@@ -208,12 +208,12 @@ async def _file(request: Request) -> Response:
         try:
             await ctx.gate.acquire(address)
         except GateBusy as exc:
-            return _busy(ctx, exc.reason, address, mac, base, started)
+            return _busy(ctx, exc.reason, address, mac, base, started, exc.retry_after_s)
     queued_s = round(time.monotonic() - started, 6)
 
     def done(t: Transfer) -> None:
         if t.too_slow:
-            ctx.gate.counters["aborted_too_slow"] += 1
+            ctx.gate.penalize(address)
         ctx.emit("file", address, mac, {**base, **_transfer_detail(t),
                                         "generated": file.generated, "queued_s": queued_s})
 
@@ -226,9 +226,9 @@ async def _file(request: Request) -> Response:
 
 
 def _busy(ctx: HttpContext, reason: str, address: str, mac: str | None,
-          detail: dict[str, Any], started: float) -> Response:
+          detail: dict[str, Any], started: float, retry_after_s: int | None = None) -> Response:
     """503 + Retry-After: iPXE waits that long and asks again on its own."""
-    retry = ctx.gate.limits.retry_after_s
+    retry = retry_after_s or ctx.gate.limits.retry_after_s
     response = _error(ctx, 503, f"the boot server is busy ({reason}); retry in {retry} s",
                       "file", address, mac, detail, started)
     response.headers["retry-after"] = str(retry)

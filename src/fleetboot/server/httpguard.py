@@ -43,7 +43,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 LINGER_S = 2.0  # reading and dropping what a rejected client still sends, at most this long
-LINGER_BYTES = 1 << 20  # ...and at most this much
+LINGER_BYTES = 256 << 10  # ...and at most this much (a polite client sent little more)
 
 # Process-wide counters (every HTTP service of the process), registered as ``http_heads``.
 head_stats: dict[str, int] = {"rejected_431": 0, "rejected_414": 0, "timed_out_408": 0,
