@@ -94,12 +94,13 @@ def run_once(plan: StormPlan, files: StormFiles, workdir: Path, settings: dict[s
                         stdout=log, stderr=subprocess.STDOUT)
                 time.sleep(SETTLE_S)
             load_before = os.getloadavg()
+            cpu_before = process_cpu_s(stack)
             output = simulate_in(net, run_plan, workdir, args.progress)
+            extra["server_cpu_s"] = round(process_cpu_s(stack) - cpu_before, 2)
             output.setdefault("client", {}).update(
                 {"host.load1_before": load_before[0], "host.load1_after": os.getloadavg()[0]})
             if attackers is not None:
-                attackers.send_signal(signal.SIGTERM)
-                attackers.wait(30)
+                stop_attackers(attackers)
                 extra["hostile"] = json.loads(out.read_text()) if out.exists() else {}
             extra["metrics"] = scrape_metrics(net, stack)
             server = stack.counters()
@@ -111,6 +112,30 @@ def run_once(plan: StormPlan, files: StormFiles, workdir: Path, settings: dict[s
                    output.get("client", {}), server)
     (workdir / "results.json").write_text(json.dumps({**run.to_dict(), **extra}))
     return run, extra
+
+
+def process_cpu_s(stack: FleetbootStack) -> float:
+    """CPU seconds (user + system) ``fleetboot serve`` has used so far."""
+    proc = stack._proc
+    if proc is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def stop_attackers(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM: they write their counters and exit; a stack dump first if they hang."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGUSR1)  # faulthandler: the stacks go to hostile.log
+        time.sleep(1.0)
+        proc.kill()
+        proc.wait(10)
 
 
 def scrape_metrics(net: StormNet, stack: FleetbootStack) -> dict[str, int]:
@@ -141,6 +166,8 @@ def result_line(attacked: StackRun, extra: dict[str, Any],
               f"slow_refused={m.get('transfers_rejected_client', 0)}",
               f"idle_closed={m.get('http_heads_idle_closed', 0)}",
               f"head_timeouts={m.get('http_heads_timed_out_408', 0)}",
+              f"server_cpu_s={extra.get('server_cpu_s', 0)}",
+              f"attackers_cpu_s={h.get('cpu_s', 0)}",
               f"load1={attacked.client.get('host.load1_before', 0):.1f}"]
     return " ".join(parts)
 
@@ -184,11 +211,13 @@ def main() -> int:
         baseline = None
         if not args.no_baseline:
             console.rule(f"baseline: storm n={args.nodes} window={args.window:g} s, no attackers")
-            baseline, _ = run_once(plan, files, base / "baseline", settings, args, False)
+            baseline, quiet = run_once(plan, files, base / "baseline", settings, args, False)
             console.print(stack_table(baseline))
+            console.print(f"server CPU during the storm: {quiet.get('server_cpu_s')} s")
         console.rule("the same storm with hostile clients beside it")
         attacked, extra = run_once(plan, files, base / "hostile", settings, args, True)
         console.print(stack_table(attacked))
+        console.print(f"server CPU during the storm: {extra.get('server_cpu_s')} s")
         for run in (r for r in (baseline, attacked) if r is not None):
             for line in server_lines(run):
                 console.print(line, highlight=False, soft_wrap=True)

@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import json
+import os
+import resource
 import signal
 import socket
 import time
@@ -187,9 +190,10 @@ async def run(cfg: HostileConfig) -> dict[str, Any]:
     await stop.wait()
     for task in tasks:
         task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    await asyncio.wait(tasks, timeout=5.0)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     return {"config": asdict(cfg), "wall_s": round(time.monotonic() - started, 1),
-            **tally.summary()}
+            "cpu_s": round(usage.ru_utime + usage.ru_stime, 1), **tally.summary()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,9 +202,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", type=Path)
     args = parser.parse_args(argv)
     cfg = HostileConfig(**json.loads(args.config.read_text()))
-    result = asyncio.run(run(cfg))
+    faulthandler.register(signal.SIGUSR1)  # where it hangs, if it ever does
+    loop = asyncio.new_event_loop()
+    result = loop.run_until_complete(run(cfg))
     args.out.write_text(json.dumps(result, indent=1))
-    return 0
+    os._exit(0)  # sockets still closing are the kernel's business now
 
 
 if __name__ == "__main__":
