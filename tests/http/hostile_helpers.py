@@ -17,6 +17,7 @@ from httpboot_helpers import build_boot
 from fleetboot.inventory.db import Database
 from fleetboot.server.admission import RateFloor, TransferGate, TransferLimits
 from fleetboot.server.http import HttpService
+from fleetboot.server.httpguard import HeaderLimits
 
 
 def exchange(port: int, payload: bytes, wait_s: float = 15.0) -> bytes:
@@ -105,13 +106,15 @@ async def curl_status(url: str, *args: str) -> tuple[int, int]:
 
 @contextlib.asynccontextmanager
 async def serving(db: Database, tmp_path: Path, limits: TransferLimits, *,
-                  zero_copy: bool = True, big: int = 48 << 20) -> AsyncIterator[HttpService]:
+                  zero_copy: bool = True, big: int = 48 << 20,
+                  header_limits: HeaderLimits | None = None) -> AsyncIterator[HttpService]:
     """The boot app on 127.0.0.1 with a ``big`` file and the given transfer limits."""
     boot = build_boot(db, tmp_path)
     (boot.root / "big.bin").write_bytes(os.urandom(big))
     ctx = boot.app.state.fleetboot
     ctx.gate = TransferGate(limits)
-    service = HttpService(boot.app, "127.0.0.1", 0, zero_copy=zero_copy)
+    service = HttpService(boot.app, "127.0.0.1", 0, zero_copy=zero_copy,
+                          header_limits=header_limits)
     await service.start()
     try:
         yield service

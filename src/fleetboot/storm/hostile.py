@@ -133,8 +133,8 @@ async def slow_reader(cfg: HostileConfig, source: str, tally: Tally) -> None:
             continue
         started, head = time.monotonic(), b""
         try:
-            await loop.sock_sendall(sock, b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n"
-                                    % cfg.slow_path.encode())
+            await loop.sock_sendall(sock, b"GET %s HTTP/1.1\r\nHost: x\r\n"
+                                    b"Connection: close\r\n\r\n" % cfg.slow_path.encode())
             while data := await loop.sock_recv(sock, READ):
                 head = head or data[:12]
                 await asyncio.sleep(READ / cfg.slow_rate)
@@ -174,12 +174,10 @@ async def idle_connection(cfg: HostileConfig, source: str, partial: bool,
         tally.counts["idle_closed_by_server"] += 1
 
 
-async def run(cfg: HostileConfig) -> dict[str, Any]:
+async def run(cfg: HostileConfig, stop: asyncio.Event) -> dict[str, Any]:
+    """Attack until ``stop`` is set; the counters."""
     tally = Tally()
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
     tasks = [loop.create_task(huge_header(cfg, a, tally))
              for a in cfg.huge_addresses for _ in range(cfg.huge_per_address)]
     tasks += [loop.create_task(slow_reader(cfg, a, tally))
@@ -204,7 +202,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg = HostileConfig(**json.loads(args.config.read_text()))
     faulthandler.register(signal.SIGUSR1)  # where it hangs, if it ever does
     loop = asyncio.new_event_loop()
-    result = loop.run_until_complete(run(cfg))
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    result = loop.run_until_complete(run(cfg, stop))
     args.out.write_text(json.dumps(result, indent=1))
     os._exit(0)  # sockets still closing are the kernel's business now
 
