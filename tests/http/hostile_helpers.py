@@ -92,6 +92,7 @@ class SlowReader:
 # --- slow readers against a real server (run on asyncio and on uvloop) --------------------
 
 BIG_PATH = "/boot/files/big.bin"
+BIG = 24 << 20  # well past the socket buffers of a reader with a 4 KiB receive buffer
 
 
 async def curl_status(url: str, *args: str) -> tuple[int, int]:
@@ -106,7 +107,7 @@ async def curl_status(url: str, *args: str) -> tuple[int, int]:
 
 @contextlib.asynccontextmanager
 async def serving(db: Database, tmp_path: Path, limits: TransferLimits, *,
-                  zero_copy: bool = True, big: int = 48 << 20,
+                  zero_copy: bool = True, big: int = BIG,
                   header_limits: HeaderLimits | None = None) -> AsyncIterator[HttpService]:
     """The boot app on 127.0.0.1 with a ``big`` file and the given transfer limits."""
     boot = build_boot(db, tmp_path)
@@ -142,11 +143,11 @@ async def slow_readers_are_cut_off(db: Database, tmp_path: Path, zero_copy: bool
             await wait_for(lambda: gate.counters["active"] == 4 and gate.counters["queued"] == 2)
             status, size = await curl_status(f"http://127.0.0.1:{service.port}{BIG_PATH}",
                                              "--interface", "127.0.0.2")
-            assert (status, size) == (200, 48 << 20)
+            assert (status, size) == (200, BIG)
             assert gate.counters["aborted_too_slow"] >= 4
             if zero_copy:  # cut off with a reset: what the kernel held for them is dropped
                 await wait_for(lambda: sum(r.closed_by_server for r in readers) >= 4)
-            assert all(r.received < 48 << 20 for r in readers)
+            assert all(r.received < BIG for r in readers)
             again = SlowReader(service.port, BIG_PATH).start()
             readers.append(again)
             await wait_for(lambda: again.status is not None)
