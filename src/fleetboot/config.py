@@ -133,11 +133,13 @@ class HttpConfig(_Section):
     keep_alive_s: float = 15.0
     access_log: bool = False
     # Request heads (server/httpguard.py): longer lines get 414/431, a longer head or
-    # more headers 431, and a head not complete this long after its first byte 408.
+    # more headers 431, and a head not complete header_timeout_s after its first byte 408.
     max_header_line_bytes: int = Field(default=8 << 10, ge=256, le=1 << 20)
     max_header_bytes: int = Field(default=64 << 10, ge=1024, le=16 << 20)
     max_headers: int = Field(default=100, ge=8, le=10_000)
     header_timeout_s: float = Field(default=10.0, gt=0, le=3600)
+    # A request body not complete this long after its head: the connection is closed.
+    body_timeout_s: float = Field(default=60.0, gt=0, le=86400)
 
 
 class AdmissionConfig(_Section):

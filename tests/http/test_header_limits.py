@@ -1,4 +1,5 @@
-"""Issue 11 item 3: bounded request heads (431/414), and heads that never end (408).
+"""Issue 11 item 3: bounded request heads (431/414), heads that never end (408), and
+bodies that never end.
 
 Real uvicorn on 127.0.0.1 with real sockets; curl and a TFTP server in the same
 loop show that the others are served while one client misbehaves.
@@ -21,6 +22,10 @@ from hostile_helpers import exchange
 from httpboot_helpers import A_MAC, KERNEL_BYTES, Boot, build_boot
 from hypothesis import given
 from hypothesis import strategies as st
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
 
 from fleetboot.boot.files import BootFileSource
 from fleetboot.inventory.db import Database
@@ -212,5 +217,30 @@ def test_limits_come_from_the_settings() -> None:
 
     cfg = HttpConfig(max_header_line_bytes=4096, max_header_bytes=16384, max_headers=20,
                      header_timeout_s=3)
-    assert HeaderLimits.from_config(cfg) == HeaderLimits(4096, 16384, 20, 3.0)
+    assert HeaderLimits.from_config(cfg) == HeaderLimits(4096, 16384, 20, 3.0, 60.0)
     assert HeaderLimits.from_config(HttpConfig()) == HeaderLimits()
+
+
+async def _echo_length(request: Request) -> PlainTextResponse:
+    return PlainTextResponse(str(len(await request.body())))
+
+
+async def test_a_body_that_never_ends_is_given_up() -> None:
+    app = Starlette(routes=[Route("/upload", _echo_length, methods=["POST"])])
+    service = HttpService(app, "127.0.0.1", 0,
+                          header_limits=HeaderLimits(header_timeout_s=0.5, body_timeout_s=0.5))
+    await service.start()
+    before = head_stats["body_timed_out"]
+    try:
+        head = b"POST /upload HTTP/1.1\r\nHost: x\r\ncontent-length: %d\r\n\r\n"
+        whole = await asyncio.to_thread(exchange, service.port,
+                                        head % 5 + b"hello" + b"GET /nothing HTTP/1.1\r\n")
+        assert whole.startswith(b"HTTP/1.1 200 ")  # the whole body: answered...
+        assert b"\r\n\r\n5HTTP/1.1 408 " in whole  # ...and the half head behind it timed out
+        started = time.monotonic()
+        trickled = await asyncio.to_thread(exchange, service.port, head % 1000 + b"x" * 10)
+        assert trickled == b""  # closed without an answer: the app saw a disconnect
+        assert time.monotonic() - started < 10  # before: open for ever
+        assert head_stats["body_timed_out"] == before + 1
+    finally:
+        await service.stop()

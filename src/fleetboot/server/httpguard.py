@@ -22,7 +22,10 @@ puts both in front of an httptools-based uvicorn protocol class:
   that long or header number ``max_headers + 1`` gets ``431``;
 * a connection that does not complete a head within ``header_timeout_s`` of
   its first byte (or of connecting) gets ``408`` and is closed. Between
-  requests uvicorn's keep-alive timeout applies, as before.
+  requests uvicorn's keep-alive timeout applies, as before;
+* a request body not complete within ``body_timeout_s`` of its head is given up:
+  the connection is closed (the application sees a disconnect), so a body
+  trickled in a byte at a time cannot hold a request open for ever.
 
 After such an answer the connection is closed the way nginx does it
 ("lingering close"): the answer is sent, our side shuts down for writing,
@@ -47,7 +50,7 @@ LINGER_BYTES = 256 << 10  # ...and at most this much (a polite client sent littl
 
 # Process-wide counters (every HTTP service of the process), registered as ``http_heads``.
 head_stats: dict[str, int] = {"rejected_431": 0, "rejected_414": 0, "timed_out_408": 0,
-                              "idle_closed": 0}
+                              "idle_closed": 0, "body_timed_out": 0}
 
 
 @dataclass(frozen=True)
@@ -56,11 +59,12 @@ class HeaderLimits:
     max_header_bytes: int = 64 << 10  # the whole head (nginx: 4 x 8k; h11: 16k)
     max_headers: int = 100  # uvicorn/h11 and Go take 100 too
     header_timeout_s: float = 10.0  # nginx's client_header_timeout is 60 s
+    body_timeout_s: float = 60.0  # the whole request body (nginx: 60 s between two reads)
 
     @classmethod
     def from_config(cls, cfg: Any) -> HeaderLimits:
         return cls(cfg.max_header_line_bytes, cfg.max_header_bytes, cfg.max_headers,
-                   cfg.header_timeout_s)
+                   cfg.header_timeout_s, cfg.body_timeout_s)
 
 
 class HeadRejected(Exception):
@@ -118,6 +122,15 @@ class HeadMeter:
         return self.in_head and self.count > 0
 
 
+def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether a request with these (lower-cased) headers carries a body."""
+    for name, value in headers:
+        if name == b"transfer-encoding" or (name == b"content-length"
+                                            and value.strip() not in (b"0", b"")):
+            return True
+    return False
+
+
 def error_response(status: int, message: str, default_headers: list[tuple[bytes, bytes]]
                    ) -> bytes:
     """A complete ``connection: close`` response with a plain-text body."""
@@ -141,6 +154,8 @@ def guarded_protocol(base: type[asyncio.Protocol], limits: HeaderLimits
         _rejected: HeadRejected | None = None
         _head_timer: asyncio.TimerHandle | None = None
         _lingering: asyncio.TimerHandle | None = None
+        _body_timer: asyncio.TimerHandle | None = None
+        _head_begun = False  # the parser has seen the start of a request, not its end
         _dropped = 0
 
         def connection_made(self, transport: asyncio.Transport) -> None:
@@ -150,6 +165,7 @@ def guarded_protocol(base: type[asyncio.Protocol], limits: HeaderLimits
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm_head_timer()
+            self._disarm_body_timer()
             if self._lingering is not None:
                 self._lingering.cancel()
             super().connection_lost(exc)
@@ -171,6 +187,13 @@ def guarded_protocol(base: type[asyncio.Protocol], limits: HeaderLimits
 
         # --- parser callbacks (they raise; uvicorn turns that into send_400_response) ---
 
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            # A request pipelined behind another in the same read starts here, not in
+            # data_received: its head is timed from its first byte too.
+            self._head_begun = True
+            self._arm_head_timer()
+
         def on_url(self, url: bytes) -> None:
             if len(self.url) + len(url) > self.header_limits.max_line_bytes:
                 raise self._rejecting(414, "request line too long: at most "
@@ -187,12 +210,17 @@ def guarded_protocol(base: type[asyncio.Protocol], limits: HeaderLimits
             super().on_header(name, value)
 
         def on_headers_complete(self) -> None:
+            self._head_begun = False
             self._meter.head_complete()
             self._disarm_head_timer()
+            if _has_body(self.headers):
+                self._body_timer = self.loop.call_later(self.header_limits.body_timeout_s,
+                                                        self._body_timed_out)
             super().on_headers_complete()
 
         def on_message_complete(self) -> None:
             self._meter.message_complete()
+            self._disarm_body_timer()
             super().on_message_complete()
 
         def send_400_response(self, msg: str) -> None:
@@ -251,12 +279,27 @@ def guarded_protocol(base: type[asyncio.Protocol], limits: HeaderLimits
             if self.cycle is not None and not self.cycle.response_complete:
                 self._arm_head_timer()  # a pipelined head behind a long response: wait on
                 return
-            if self._meter.started:
+            if self._meter.started or self._head_begun:
                 self._reject(HeadRejected(408, "the request head took longer than "
                                           f"{self.header_limits.header_timeout_s:g} s"))
             else:
                 head_stats["idle_closed"] += 1
                 self.transport.close()
+
+        def _disarm_body_timer(self) -> None:
+            if self._body_timer is not None:
+                self._body_timer.cancel()
+                self._body_timer = None
+
+        def _body_timed_out(self) -> None:
+            self._body_timer = None
+            if self.transport.is_closing():
+                return
+            client = self.client[0] if self.client else "?"
+            log.info("HTTP: closing %s: its request body took longer than %g s", client,
+                     self.header_limits.body_timeout_s)
+            head_stats["body_timed_out"] += 1
+            self.transport.close()
 
     HeaderGuard.__name__ = HeaderGuard.__qualname__ = f"HeaderGuard{base.__name__}"
     return HeaderGuard
