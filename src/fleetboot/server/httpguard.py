@@ -152,7 +152,11 @@ def guarded_protocol(base: type[asyncio.Protocol], limits: HeaderLimits
         header_limits = limits
         _meter: HeadMeter
         _rejected: HeadRejected | None = None
+        # One lazy timer per connection, not one per request (node-config's fast path
+        # answers tens of thousands a second): arming sets a deadline; the timer, when
+        # it fires, re-arms itself only while a head is still due.
         _head_timer: asyncio.TimerHandle | None = None
+        _head_deadline: float | None = None
         _lingering: asyncio.TimerHandle | None = None
         _body_timer: asyncio.TimerHandle | None = None
         _head_begun = False  # the parser has seen the start of a request, not its end
@@ -165,6 +169,9 @@ def guarded_protocol(base: type[asyncio.Protocol], limits: HeaderLimits
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm_head_timer()
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
             self._disarm_body_timer()
             if self._lingering is not None:
                 self._lingering.cancel()
@@ -263,18 +270,25 @@ def guarded_protocol(base: type[asyncio.Protocol], limits: HeaderLimits
             self._lingering = self.loop.call_later(LINGER_S, transport.close)
 
         def _arm_head_timer(self) -> None:
+            """A head is due within header_timeout_s from now (unless one already is)."""
+            if self._head_deadline is None:
+                self._head_deadline = self.loop.time() + self.header_limits.header_timeout_s
             if self._head_timer is None:
-                self._head_timer = self.loop.call_later(self.header_limits.header_timeout_s,
-                                                        self._head_timed_out)
+                self._head_timer = self.loop.call_at(self._head_deadline, self._head_check)
 
         def _disarm_head_timer(self) -> None:
-            if self._head_timer is not None:
-                self._head_timer.cancel()
-                self._head_timer = None
+            self._head_deadline = None  # the timer finds nothing due and lapses
 
-        def _head_timed_out(self) -> None:
+        def _head_check(self) -> None:
             self._head_timer = None
-            if self.transport.is_closing() or not self._meter.in_head:
+            deadline = self._head_deadline
+            if deadline is None or self.transport.is_closing():
+                return
+            if self.loop.time() < deadline:
+                self._head_timer = self.loop.call_at(deadline, self._head_check)
+                return
+            self._head_deadline = None
+            if not self._meter.in_head:
                 return
             if self.cycle is not None and not self.cycle.response_complete:
                 self._arm_head_timer()  # a pipelined head behind a long response: wait on
