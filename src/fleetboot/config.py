@@ -148,6 +148,14 @@ class HttpConfig(_Section):
     zero_copy: bool = True
     keep_alive_s: float = 15.0
     access_log: bool = False
+    # Request heads (server/httpguard.py): longer lines get 414/431, a longer head or
+    # more headers 431, and a head not complete header_timeout_s after its first byte 408.
+    max_header_line_bytes: int = Field(default=8 << 10, ge=256, le=1 << 20)
+    max_header_bytes: int = Field(default=64 << 10, ge=1024, le=16 << 20)
+    max_headers: int = Field(default=100, ge=8, le=10_000)
+    header_timeout_s: float = Field(default=10.0, gt=0, le=3600)
+    # A request body not complete this long after its head: the connection is closed.
+    body_timeout_s: float = Field(default=60.0, gt=0, le=86400)
 
 
 class AdmissionConfig(_Section):
@@ -160,7 +168,10 @@ class AdmissionConfig(_Section):
     (``large_file_bytes`` and up) are sent at most ``max_transfers`` at a time;
     the rest wait in a queue of at most ``max_queued_transfers`` for up to
     ``queue_timeout_s`` (then, or when the queue is full: 503 with
-    ``Retry-After: retry_after_s``, which iPXE obeys). 0 means no limit.
+    ``Retry-After: retry_after_s``, which iPXE obeys). One peer address has at most
+    ``max_transfers_per_client`` of those running or waiting, and a transfer slower
+    than ``min_transfer_rate_kib_s`` over ``transfer_rate_window_s`` is cut off.
+    0 means no limit.
     """
 
     max_booting: int = Field(default=0, ge=0)
@@ -173,6 +184,14 @@ class AdmissionConfig(_Section):
     max_queued_transfers: int = Field(default=4096, ge=0)
     queue_timeout_s: float = Field(default=25.0, gt=0)
     retry_after_s: int = Field(default=5, ge=1, le=3600)
+    # One peer address holds at most this many transfers (running or waiting); 0: no limit.
+    max_transfers_per_client: int = Field(default=8, ge=0)
+    # A transfer holding a slot that moves less than this over a window is cut off and its
+    # slot freed (slow readers must not keep slots from everybody else); 0: no floor.
+    min_transfer_rate_kib_s: float = Field(default=32.0, ge=0)
+    transfer_rate_window_s: float = Field(default=10.0, gt=0, le=3600)
+    # ...and its address gets no large transfer for this long (503 + Retry-After); 0: none.
+    slow_client_penalty_s: float = Field(default=60.0, ge=0, le=86400)
 
 
 class SecurityConfig(_Section):

@@ -15,7 +15,11 @@ Two limits, both configured in the ``admission:`` section and both visible in
   initrds, images). Requests beyond the limit wait in a FIFO queue of bounded
   length for a bounded time, instead of all competing for the same bandwidth
   and event loop; a full queue or a wait past the bound answers 503 with
-  ``Retry-After``, which iPXE obeys by asking again after that delay.
+  ``Retry-After``, which iPXE obeys by asking again after that delay. One
+  client (TCP peer address) holds at most ``max_per_client`` slots and places
+  in line, and a transfer slower than its :class:`RateFloor` is cut off
+  (``server/httpfiles.py`` enforces it; :class:`RateWatch` decides), so slow
+  readers cannot keep the slots from everybody else (issue 11).
 
 Boots are tracked (and counted in metrics) even without a limit.
 """
@@ -24,8 +28,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
-from collections import deque
+import time
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -190,9 +196,54 @@ class BootAdmission:
 class GateBusy(Exception):
     """No transfer slot: the queue is full or the wait took too long (answer 503)."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, retry_after_s: int | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.retry_after_s = retry_after_s  # None: the gate's usual retry_after_s
+
+
+@dataclass(frozen=True)
+class RateFloor:
+    """The slowest a transfer holding a slot may go: ``bytes_per_s`` over each window."""
+
+    bytes_per_s: float = 32 << 10  # 0: no floor
+    window_s: float = 10.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.bytes_per_s > 0
+
+    @property
+    def window_bytes(self) -> int:
+        """What one window must move (at least 64 KiB, so slices stay worth a syscall)."""
+        return max(64 << 10, int(self.bytes_per_s * self.window_s))
+
+    def describe(self) -> str:
+        return f"{self.bytes_per_s / 1024:g} KiB/s over {self.window_s:g} s"
+
+
+class RateWatch:
+    """Is a transfer keeping above its floor? Pure: time and bytes are parameters.
+
+    Windows follow each other: at the end of each, the bytes sent during it
+    must reach ``floor.bytes_per_s * elapsed``. A burst into empty socket
+    buffers counts for its own window only, so a reader that stalls after
+    it is found out at the end of the next window.
+    """
+
+    def __init__(self, floor: RateFloor, now: float, sent: int = 0) -> None:
+        self.floor = floor
+        self.window_start = now
+        self.window_sent = sent
+
+    def too_slow(self, now: float, sent: int) -> bool:
+        elapsed = now - self.window_start
+        if not self.floor.enabled or elapsed < self.floor.window_s:
+            return False
+        if sent - self.window_sent < self.floor.bytes_per_s * elapsed:
+            return True
+        self.window_start, self.window_sent = now, sent
+        return False
 
 
 @dataclass(frozen=True)
@@ -202,35 +253,108 @@ class TransferLimits:
     max_queued: int = 4096
     queue_timeout_s: float = 25.0
     retry_after_s: int = 5
+    max_per_client: int = 8  # slots and places in line of one peer address; 0: no limit
+    floor: RateFloor = RateFloor()
+    # A peer cut off for reading too slowly gets no slot for this long (503 + Retry-After).
+    slow_penalty_s: float = 60.0
 
     @classmethod
     def from_config(cls, cfg: Any) -> TransferLimits:
         return cls(cfg.max_transfers, cfg.large_file_bytes, cfg.max_queued_transfers,
-                   cfg.queue_timeout_s, cfg.retry_after_s)
+                   cfg.queue_timeout_s, cfg.retry_after_s, cfg.max_transfers_per_client,
+                   RateFloor(cfg.min_transfer_rate_kib_s * 1024, cfg.transfer_rate_window_s),
+                   cfg.slow_client_penalty_s)
 
 
 class TransferGate:
     """A FIFO semaphore with a bounded queue and a bounded wait, on the event loop.
 
     A released slot goes straight to the first waiter, so a newcomer can never
-    overtake the queue.
+    overtake the queue. ``client`` (the peer address) is counted from the
+    request until :meth:`release`; one client has at most ``max_per_client``
+    transfers running or waiting, the next is refused at once. A client whose
+    transfer was cut off for reading too slowly (:meth:`penalize`) is refused
+    for ``slow_penalty_s``: each slot a slow reader gets is held for a whole
+    rate window, while a boot's transfer takes a fraction of a second, so slow
+    readers that came straight back would pile up on the slots again.
     """
 
-    def __init__(self, limits: TransferLimits | None = None) -> None:
+    def __init__(self, limits: TransferLimits | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.limits = limits or TransferLimits()
+        self.clock = clock
         self.active = 0
         self._queue: deque[asyncio.Future[None]] = deque()
+        self._clients: dict[str, int] = {}  # peer address -> transfers running or waiting
+        # peer address -> end of its penalty; in order of expiry (the penalty is constant)
+        self._penalized: OrderedDict[str, float] = OrderedDict()
         self.counters: dict[str, int] = {
             "max": self.limits.max_transfers, "queue_max": self.limits.max_queued,
-            "active": 0, "queued": 0, "started": 0, "waited": 0, "rejected_full": 0,
-            "rejected_timeout": 0,
+            "max_per_client": self.limits.max_per_client,
+            "active": 0, "queued": 0, "clients": 0, "started": 0, "waited": 0,
+            "rejected_full": 0, "rejected_timeout": 0, "rejected_client": 0,
+            "rejected_penalized": 0, "aborted_too_slow": 0, "penalized": 0,
         }
 
     def applies(self, size: int) -> bool:
         return size >= self.limits.large_file_bytes
 
-    async def acquire(self) -> None:
-        """Take a slot (maybe after waiting in line); raises :class:`GateBusy`."""
+    async def acquire(self, client: str = "") -> None:
+        """Take a slot (maybe after waiting in line) for ``client``; raises
+        :class:`GateBusy`. Pair with ``release(client)``."""
+        self._join(client)
+        try:
+            await self._acquire_slot()
+        except BaseException:
+            self._leave(client)
+            raise
+
+    def penalize(self, client: str) -> None:
+        """``client``'s transfer was cut off for reading too slowly."""
+        self.counters["aborted_too_slow"] += 1
+        if not client or self.limits.slow_penalty_s <= 0:
+            return
+        self._penalized.pop(client, None)
+        self._penalized[client] = self.clock() + self.limits.slow_penalty_s
+        self.counters["penalized"] = len(self._penalized)
+
+    def penalty_left(self, client: str) -> float:
+        """Seconds until ``client`` may have a slot again (0: now)."""
+        now = self.clock()
+        while self._penalized:  # drop the expired ones, oldest first
+            first, until = next(iter(self._penalized.items()))
+            if until > now:
+                break
+            del self._penalized[first]
+        self.counters["penalized"] = len(self._penalized)
+        return max(0.0, self._penalized.get(client, now) - now)
+
+    def _join(self, client: str) -> None:
+        if client and (left := self.penalty_left(client)) > 0:
+            self.counters["rejected_penalized"] += 1
+            raise GateBusy(f"{client} read too slowly; no large transfers for {left:.0f} s",
+                           math.ceil(left))
+        cap = self.limits.max_per_client
+        held = self._clients.get(client, 0)
+        if client and cap > 0 and held >= cap:
+            self.counters["rejected_client"] += 1
+            raise GateBusy(f"{cap} transfers from {client} already")
+        if client:
+            self._clients[client] = held + 1
+            self.counters["clients"] = len(self._clients)
+
+    def _leave(self, client: str) -> None:
+        held = self._clients.get(client, 0)
+        if held > 1:
+            self._clients[client] = held - 1
+        elif held:
+            del self._clients[client]
+            self.counters["clients"] = len(self._clients)
+
+    def held_by(self, client: str) -> int:
+        return self._clients.get(client, 0)
+
+    async def _acquire_slot(self) -> None:
         limit = self.limits.max_transfers
         if limit <= 0 or (self.active < limit and not self._queue):
             self._take()
@@ -274,7 +398,8 @@ class TransferGate:
             self._queue.remove(waiter)
         self._gauges()
 
-    def release(self) -> None:
+    def release(self, client: str = "") -> None:
+        self._leave(client)
         while self._queue:
             waiter = self._queue.popleft()
             if not waiter.done():

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import ipaddress
 import logging
@@ -84,6 +85,7 @@ from fleetboot.server.httpfiles import (
     ZeroCopyHttpToolsProtocol,
     etag_matches,
 )
+from fleetboot.server.httpguard import HeaderLimits, guarded_protocol, head_stats
 from fleetboot.server.metrics import registry
 from fleetboot.server.scripts import CmdlineHook, ScriptRefused, ScriptService, ServedScript
 
@@ -144,6 +146,7 @@ def _error(ctx: HttpContext, status: int, message: str, kind: str, address: str,
 def _transfer_detail(t: Transfer) -> dict[str, Any]:
     return {"status": t.status, "size": t.size, "bytes": t.sent, "complete": t.complete,
             "duration_s": round(t.duration_s, 6), "zero_copy": t.zero_copy,
+            **({"too_slow": True} if t.too_slow else {}),
             "range": f"{t.byte_range.start}-{t.byte_range.end - 1}" if t.byte_range else None}
 
 
@@ -185,6 +188,9 @@ async def _file(request: Request) -> Response:
     if name.startswith("/"):
         return _error(ctx, 400, "absolute file names are refused", "file", address, mac,
                       base, started)
+    if name.endswith(("/", "/.")):  # names a directory, never the file before the slash
+        return _error(ctx, 404, f"{name[:256]}: no such boot file (a directory name)",
+                      "file", address, mac, base, started)
     if name == SCRIPT_FILE:
         return await _script(request)  # same answer (and HEAD semantics) as /boot/script.ipxe
     try:
@@ -200,25 +206,29 @@ async def _file(request: Request) -> Response:
         and not etag_matches(request.headers.get("if-none-match"), file.etag)
     if gated:
         try:
-            await ctx.gate.acquire()
+            await ctx.gate.acquire(address)
         except GateBusy as exc:
-            return _busy(ctx, exc.reason, address, mac, base, started)
+            return _busy(ctx, exc.reason, address, mac, base, started, exc.retry_after_s)
     queued_s = round(time.monotonic() - started, 6)
 
     def done(t: Transfer) -> None:
+        if t.too_slow:
+            ctx.gate.penalize(address)
         ctx.emit("file", address, mac, {**base, **_transfer_detail(t),
                                         "generated": file.generated, "queued_s": queued_s})
 
     headers = {"cache-control": "no-store"} if file.generated else None
     return BootFileResponse(file, started=started, on_done=done, extra_headers=headers,
                             zero_copy=ctx.settings.http.zero_copy,
-                            on_close=ctx.gate.release if gated else None)
+                            on_close=functools.partial(ctx.gate.release, address)
+                            if gated else None,
+                            rate_floor=ctx.gate.limits.floor if gated else None)
 
 
 def _busy(ctx: HttpContext, reason: str, address: str, mac: str | None,
-          detail: dict[str, Any], started: float) -> Response:
+          detail: dict[str, Any], started: float, retry_after_s: int | None = None) -> Response:
     """503 + Retry-After: iPXE waits that long and asks again on its own."""
-    retry = ctx.gate.limits.retry_after_s
+    retry = retry_after_s or ctx.gate.limits.retry_after_s
     response = _error(ctx, 503, f"the boot server is busy ({reason}); retry in {retry} s",
                       "file", address, mac, detail, started)
     response.headers["retry-after"] = str(retry)
@@ -294,6 +304,7 @@ def create_app(
     scripts.register_metrics()
     gate = TransferGate(TransferLimits.from_config(settings.admission))
     registry.register("transfers", gate.counters)
+    registry.register("http_heads", head_stats)
     if not any(p.pattern == SCRIPT_FILE for p in source.providers):
         # ttl 0: the script service shares and reuses renders itself.
         source.add_provider(SCRIPT_FILE, scripts.provide, ttl=0)
@@ -343,9 +354,28 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 def http_protocol(extra: type[asyncio.Protocol] | str | None = None, *,
-                  zero_copy: bool = True) -> type[asyncio.Protocol] | str:
+                  zero_copy: bool = True,
+                  header_limits: HeaderLimits | None = None) -> type[asyncio.Protocol] | str:
     """The ``uvicorn.Config(http=...)`` value: our zero-copy protocol, combined with
-    another httptools-based protocol class (e.g. node-config's fast path) if given."""
+    another httptools-based protocol class (e.g. node-config's fast path) if given,
+    behind the request-head limits (``server/httpguard.py``)."""
+    chosen = _stacked_protocol(extra, zero_copy)
+    limits = header_limits or HeaderLimits()
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:  # no httptools: uvicorn's h11 bounds the head itself (see _config)
+        return chosen
+    if isinstance(chosen, str) and chosen in ("auto", "httptools"):
+        chosen = HttpToolsProtocol
+    if isinstance(chosen, type) and issubclass(chosen, HttpToolsProtocol):
+        return guarded_protocol(chosen, limits)
+    log.warning("%s is not an httptools protocol; request heads are bounded only by it",
+                chosen if isinstance(chosen, str) else chosen.__name__)
+    return chosen
+
+
+def _stacked_protocol(extra: type[asyncio.Protocol] | str | None,
+                      zero_copy: bool) -> type[asyncio.Protocol] | str:
     zc = ZeroCopyHttpToolsProtocol if zero_copy else None
     if extra is None or isinstance(extra, str):
         return zc or extra or "auto"
@@ -371,10 +401,13 @@ class HttpService:
     def __init__(self, app: Any, host: str = "0.0.0.0", port: int = 8080, *,
                  zero_copy: bool = True, keep_alive_s: float = 15.0,
                  access_log: bool = False,
-                 protocol: type[asyncio.Protocol] | str | None = None) -> None:
+                 protocol: type[asyncio.Protocol] | str | None = None,
+                 header_limits: HeaderLimits | None = None) -> None:
         self.app, self.host, self.requested_port = app, host, port
         self.zero_copy = zero_copy and ZeroCopyHttpToolsProtocol is not None
-        self.protocol = http_protocol(protocol, zero_copy=self.zero_copy)
+        self.header_limits = header_limits or HeaderLimits()
+        self.protocol = http_protocol(protocol, zero_copy=self.zero_copy,
+                                      header_limits=self.header_limits)
         self.keep_alive_s = keep_alive_s
         self.access_log = access_log
         self.server: uvicorn.Server | None = None
@@ -388,7 +421,7 @@ class HttpService:
         http = settings.http
         return cls(app, http.host, http.port, zero_copy=http.zero_copy,
                    keep_alive_s=http.keep_alive_s, access_log=http.access_log,
-                   protocol=protocol)
+                   protocol=protocol, header_limits=HeaderLimits.from_config(http))
 
     def _config(self) -> uvicorn.Config:
         return uvicorn.Config(
@@ -398,6 +431,7 @@ class HttpService:
             # Identity is the TCP peer: never let X-Forwarded-For rewrite it.
             proxy_headers=False, server_header=False,
             timeout_keep_alive=int(self.keep_alive_s), access_log=self.access_log,
+            h11_max_incomplete_event_size=self.header_limits.max_header_bytes,
             log_config=None,  # the process's logging belongs to the runtime
         )
 

@@ -26,6 +26,8 @@ import mimetypes
 import os
 import re
 import select
+import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -40,6 +42,7 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from fleetboot.boot.files import BootFile, DiskBootFile
+from fleetboot.server.admission import RateFloor, RateWatch
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +50,22 @@ ZEROCOPY = "http.response.zerocopysend"
 STREAM_CHUNK = 1 << 20  # matches the chunk cache, so each piece is one cached chunk
 STALL_TIMEOUT_S = 60.0  # a transfer without progress this long is given up
 
-_RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
+_RANGE = re.compile(r"^[ \t]*bytes[ \t]*=[ \t]*([0-9]*)[ \t]*-[ \t]*([0-9]*)[ \t]*\Z",
+                    re.IGNORECASE | re.ASCII)
+# No file is 10**19 bytes long (2**63 is 19 digits): a longer number is malformed, and
+# int() of a number over 4,300 digits even raises (Python's conversion limit).
+MAX_RANGE_DIGITS = 19
 
 
 class ClientDisconnected(OSError):
     """The zero-copy send found the connection closed (ASGI 2.4's OSError on send)."""
+
+
+class TransferTooSlow(ConnectionError):
+    """The client took less than the transfer's :class:`RateFloor`: it is cut off."""
+
+    def __init__(self, floor: RateFloor) -> None:
+        super().__init__(f"the client read less than {floor.describe()}")
 
 
 class RangeNotSatisfiable(Exception):
@@ -74,18 +88,20 @@ class ByteRange:
 def parse_range(header: str | None, size: int) -> ByteRange | None:
     """The one byte range asked for, or None for "send the whole file". Pure.
 
-    Malformed headers and multi-range requests are ignored (the RFC lets a
-    server ignore Range); a syntactically valid range that starts at or past
-    the end raises :class:`RangeNotSatisfiable`.
+    Malformed headers (numbers of more than 19 digits included) and multi-range
+    requests are ignored (the RFC lets a server ignore Range); a syntactically
+    valid range that starts at or past the end raises :class:`RangeNotSatisfiable`.
     """
     if header is None or "," in header:
         return None
     match = _RANGE.match(header)
     if match is None:
         return None
-    first, last = match.group(1), match.group(2)
+    first, last = _significant(match.group(1)), _significant(match.group(2))
     if not first and not last:
         return None
+    if len(first) > MAX_RANGE_DIGITS or len(last) > MAX_RANGE_DIGITS:
+        return None  # malformed: no such offset, so the whole file
     if not first:  # suffix range: the last N bytes
         suffix = int(last)
         if suffix == 0 or size == 0:
@@ -98,6 +114,11 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
     if start >= size:
         raise RangeNotSatisfiable
     return ByteRange(start, min(end, size))
+
+
+def _significant(digits: str) -> str:
+    """``digits`` without leading zeros ("000" -> "0", "" stays "")."""
+    return digits.lstrip("0") or digits[:1]
 
 
 def if_range_matches(if_range: str | None, etag: str, last_modified: str) -> bool:
@@ -128,6 +149,7 @@ class Transfer:
     duration_s: float
     byte_range: ByteRange | None
     zero_copy: bool
+    too_slow: bool = False  # cut off: slower than the transfer's rate floor
 
 
 OnDone = Callable[[Transfer], None]
@@ -138,6 +160,7 @@ class _Progress:
     sent: int = 0
     finished: bool = False  # the last body byte was handed to the server
     disconnected: bool = False
+    too_slow: bool = False
 
 
 async def _watch_disconnect(receive: Receive, progress: _Progress,
@@ -157,8 +180,11 @@ class BootFileResponse(Response):
     def __init__(self, file: BootFile, *, started: float, on_done: OnDone | None = None,
                  media_type: str | None = None, zero_copy: bool = True,
                  extra_headers: dict[str, str] | None = None,
-                 on_close: Callable[[], None] | None = None) -> None:
+                 on_close: Callable[[], None] | None = None,
+                 rate_floor: RateFloor | None = None) -> None:
         self.file = file
+        # The slowest this transfer may go before it is cut off (transfers holding a slot).
+        self.rate_floor = rate_floor if rate_floor is not None and rate_floor.enabled else None
         self.started = started
         self.on_done = on_done
         self.on_close = on_close  # always called once the response is over (slot release)
@@ -241,7 +267,8 @@ class BootFileResponse(Response):
             self._report(Transfer(status, self.file.size, rng.length,
                                   rng.length if progress.finished else None,
                                   progress.finished and not progress.disconnected,
-                                  time.monotonic() - self.started, rng, True))
+                                  time.monotonic() - self.started, rng, True,
+                                  progress.too_slow))
             return
         async with anyio.create_task_group() as group:
             group.start_soon(_watch_disconnect, receive, progress, group.cancel_scope)
@@ -251,7 +278,7 @@ class BootFileResponse(Response):
                 group.cancel_scope.cancel()
         self._report(Transfer(status, self.file.size, rng.length, progress.sent,
                               progress.finished and not progress.disconnected,
-                              time.monotonic() - self.started, rng, False))
+                              time.monotonic() - self.started, rng, False, progress.too_slow))
 
     async def _send_zero_copy(self, send: Send, rng: ByteRange, progress: _Progress) -> None:
         assert isinstance(self.file, DiskBootFile)
@@ -259,9 +286,11 @@ class BootFileResponse(Response):
         with io.FileIO(self.file.fd, "rb", closefd=False) as fileobj:
             try:
                 await send({"type": ZEROCOPY, "file": fileobj, "offset": rng.start,
-                            "count": rng.length, "more_body": False})
-            except ClientDisconnected:
+                            "count": rng.length, "more_body": False,
+                            "rate_floor": self.rate_floor})
+            except ClientDisconnected as exc:
                 progress.disconnected = True
+                progress.too_slow = isinstance(exc.__cause__, TransferTooSlow)
                 return
         progress.sent = rng.length
         progress.finished = True
@@ -280,19 +309,34 @@ class BootFileResponse(Response):
                 piece = reader.view(offset, length)
             if piece is None or len(piece) != length:
                 raise OSError(f"{self.file.name}: could not read {length} bytes at {offset}")
-            # A client that takes nothing for a minute has gone (powered off mid-boot):
-            # give up, so it does not hold a transfer slot for ever (uvicorn then
-            # closes the connection of the unfinished response).
-            try:
-                await asyncio.wait_for(send({"type": "http.response.body", "body": piece,
-                                             "more_body": True}), STALL_TIMEOUT_S)
-            except TimeoutError:
-                progress.disconnected = True
+            if not await self._send_piece(send, piece, progress):
                 return
-            progress.sent += length
             offset += length
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         progress.finished = True
+
+    async def _send_piece(self, send: Send, piece: bytes | memoryview,
+                          progress: _Progress) -> bool:
+        """Send one piece; False if the client was given up (uvicorn then closes the
+        connection of the unfinished response)."""
+        # A client that takes nothing for a minute has gone (powered off mid-boot): give
+        # up, so it does not hold a transfer slot for ever. With a rate floor, each slice
+        # of one window's worth of bytes must leave within the window.
+        floor = self.rate_floor
+        step = floor.window_bytes if floor else len(piece)
+        timeout = min(floor.window_s, STALL_TIMEOUT_S) if floor else STALL_TIMEOUT_S
+        view = memoryview(piece)
+        for start in range(0, len(view), step):
+            part = view[start:start + step]
+            try:
+                await asyncio.wait_for(send({"type": "http.response.body", "body": part,
+                                             "more_body": True}), timeout)
+            except TimeoutError:
+                progress.disconnected = True
+                progress.too_slow = floor is not None and timeout == floor.window_s
+                return False
+            progress.sent += len(part)
+        return True
 
     def _report(self, transfer: Transfer) -> None:
         if self.on_done is None:
@@ -351,12 +395,16 @@ def _zero_copy_classes() -> tuple[type[Any], type[Any]] | None:
                 raise RuntimeError("Response content longer than Content-Length")
             if self.scope["method"] != "HEAD" and count:
                 try:
-                    await _sendfile(self.transport, message["file"], offset, count)
+                    await _sendfile(self.transport, message["file"], offset, count,
+                                    message.get("rate_floor"))
                 except (ConnectionError, RuntimeError, OSError) as exc:
                     # The peer went away (or the transport closed under us). ASGI 2.4
                     # says: raise an OSError subclass, so the app knows it stopped short.
                     self.disconnected = True
-                    self.transport.close()
+                    if isinstance(exc, TransferTooSlow):
+                        _reset(self.transport)
+                    else:
+                        self.transport.close()
                     self.message_event.set()
                     raise ClientDisconnected(f"client gone during sendfile: {exc}") from exc
             self.expected_content_length -= count
@@ -377,13 +425,32 @@ def _zero_copy_classes() -> tuple[type[Any], type[Any]] | None:
 
 
 async def _sendfile(transport: asyncio.BaseTransport, fileobj: Any, offset: int,
-                    count: int) -> None:
+                    count: int, floor: RateFloor | None = None) -> None:
     loop = asyncio.get_running_loop()
     if not loop_has_native_sendfile(loop):
-        await sendfile_pump().send(transport, fileobj.fileno(), offset, count)
+        await sendfile_pump().send(transport, fileobj.fileno(), offset, count, floor)
         zero_copy_stats.responses += 1
         zero_copy_stats.bytes += count
         return
+    # loop.sendfile shows no progress until it returns: with a rate floor, send one
+    # window's worth of bytes at a time, each within the window.
+    step = floor.window_bytes if floor else count
+    end = offset + count
+    while offset < end:
+        length = min(step, end - offset)
+        try:
+            await asyncio.wait_for(_loop_sendfile(loop, transport, fileobj, offset, length),
+                                   floor.window_s if floor else None)
+        except TimeoutError:
+            assert floor is not None
+            raise TransferTooSlow(floor) from None
+        offset += length
+    zero_copy_stats.responses += 1
+    zero_copy_stats.bytes += count
+
+
+async def _loop_sendfile(loop: asyncio.AbstractEventLoop, transport: asyncio.BaseTransport,
+                         fileobj: Any, offset: int, count: int) -> None:
     transport_ = transport  # type: Any  # loop.sendfile wants a WriteTransport
     try:
         sent = await loop.sendfile(transport_, fileobj, offset, count, fallback=False)
@@ -393,8 +460,15 @@ async def _sendfile(transport: asyncio.BaseTransport, fileobj: Any, offset: int,
         sent = await loop.sendfile(transport_, fileobj, offset, count, fallback=True)
     if sent != count:
         raise ConnectionError(f"sendfile sent {sent} of {count} bytes")
-    zero_copy_stats.responses += 1
-    zero_copy_stats.bytes += sent
+
+
+def _reset(transport: Any) -> None:
+    """Close with a reset: what the kernel still holds for a too-slow reader is dropped
+    at once instead of trickling out to it (memory a crowd of slow readers would hold)."""
+    sock = transport.get_extra_info("socket")
+    with contextlib.suppress(OSError, AttributeError, ValueError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
 
 
 # --- sendfile(2) for loops without loop.sendfile (uvloop) ------------------------------------
@@ -419,6 +493,7 @@ class _Job:
     future: asyncio.Future[None]
     loop: asyncio.AbstractEventLoop
     last_progress: float
+    watch: RateWatch | None = None  # the transfer's rate floor, if it has one
     closed: bool = False
     sending: bool = False  # the pump is in sendfile(2) on out_fd: only it may close it
 
@@ -445,7 +520,8 @@ class SendfilePump:
         self._thread: threading.Thread | None = None
         self.handoffs = 0  # transfers handed to the helper thread
 
-    async def send(self, transport: Any, in_fd: int, offset: int, count: int) -> None:
+    async def send(self, transport: Any, in_fd: int, offset: int, count: int,
+                   floor: RateFloor | None = None) -> None:
         loop = asyncio.get_running_loop()
         await _flushed(transport, self.idle_timeout_s)
         try:
@@ -455,7 +531,10 @@ class SendfilePump:
         # Every sendfile call runs on the helper thread, even the first: on a veth or
         # loopback link the syscall also runs the receiver's network stack, which is
         # time the event loop should spend on other requests.
-        job = _Job(out_fd, in_fd, offset, count, loop.create_future(), loop, time.monotonic())
+        now = time.monotonic()
+        job = _Job(out_fd, in_fd, offset, count, loop.create_future(), loop, now,
+                   RateWatch(floor, now, offset) if floor is not None and floor.enabled
+                   else None)
         self._start(job)
         try:
             await job.future
@@ -531,9 +610,14 @@ class SendfilePump:
         with self._lock:
             stalled = [j for j in self._jobs.values()
                        if now - j.last_progress > self.idle_timeout_s]
+            slow = [j for j in self._jobs.values() if j.watch is not None and j not in stalled
+                    and j.watch.too_slow(now, j.offset)]
         for job in stalled:
             self._close(job, ConnectionError(
                 f"the client took nothing for {self.idle_timeout_s:.0f} s"))
+        for job in slow:
+            assert job.watch is not None
+            self._close(job, TransferTooSlow(job.watch.floor))
 
 
 def _send_some(out_fd: int, in_fd: int, offset: int, count: int) -> int:
