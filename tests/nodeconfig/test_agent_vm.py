@@ -78,6 +78,7 @@ show GRETAP ip -d link show gt1
 show VXLAN ip -d link show vx1
 show IPIP ip -d link show ipip1
 show WG wg show wg1
+show TUNADDR ip -4 addr show
 show STARTUP cat /var/log/fleetboot/startup.log
 show TARBALL cat /opt/tb/hello.txt
 show PACKAGE cat /usr/share/fleetboot-test/package.txt
@@ -203,9 +204,10 @@ async def test_the_agent_applies_every_section_in_a_busybox_guest(
         pytest.skip(f"no guest kernel: {exc}")
     modules: tuple[str, ...] = AGENT_MODULES
     try:  # wireguard's crypto modules come with a second download of the kernel package
-        kernel = await asyncio.to_thread(guest.fetch_guest_kernel, "cloud",
-                                         modules=(*AGENT_MODULES, "wireguard"))
-        modules = (*AGENT_MODULES, "wireguard")
+        with_wg = await asyncio.to_thread(guest.fetch_guest_kernel, "cloud",
+                                          modules=(*AGENT_MODULES, "wireguard"))
+        with_wg.load_order((*AGENT_MODULES, "wireguard"))
+        kernel, modules = with_wg, (*AGENT_MODULES, "wireguard")
     except guest.GuestError:
         pass  # no network for the download: the other tunnels are still checked
     wireguard = "wireguard" in modules
@@ -284,9 +286,12 @@ def _check_console(console: str, wireguard: bool) -> None:
     vxlan = _block(console, "VXLAN")
     assert "vxlan id 4242 remote 10.0.2.2" in vxlan and "dstport 4789" in vxlan, vxlan
     assert "ipip" in _block(console, "IPIP") and "remote 10.0.2.4" in _block(console, "IPIP")
+    tunaddr = _block(console, "TUNADDR")
+    assert "inet 172.31.1.1/30" in tunaddr and "inet 172.31.2.1/24" in tunaddr, tunaddr
     if wireguard:
         wg = _block(console, "WG")
         assert "listening port: 51999" in wg and "endpoint: 10.0.2.2:51999" in wg, wg
+        assert "inet 172.31.3.1/24" in tunaddr
     startup = _block(console, "STARTUP")
     assert "started as alice" in startup and "uid=2001" in startup, startup
     assert "unpacked from a tarball" in _block(console, "TARBALL")

@@ -545,12 +545,13 @@ apply_mounts() { each mounts mount_one; }
 # --- tunnels: deleted and created again, so changed parameters take effect
 
 tunnel_one() {
-    t_name=$(value tunnels "$1.name")
-    t_type=$(value tunnels "$1.type" || echo gre)
-    t_remote=$(value tunnels "$1.remote")
-    t_local=$(value tunnels "$1.local" || true)
-    t_key=$(value tunnels "$1.key" || true)
-    t_port=$(value tunnels "$1.port" || true)
+    t_i=$1 # the positional parameters become the ip arguments below
+    t_name=$(value tunnels "$t_i.name")
+    t_type=$(value tunnels "$t_i.type" || echo gre)
+    t_remote=$(value tunnels "$t_i.remote")
+    t_local=$(value tunnels "$t_i.local" || true)
+    t_key=$(value tunnels "$t_i.key" || true)
+    t_port=$(value tunnels "$t_i.port" || true)
     case "$t_type" in
         gre | gretap | ipip)
             set -- type "$t_type" remote "$t_remote"
@@ -574,15 +575,15 @@ tunnel_one() {
         t_keyfile=$CACHE/.wg-$t_name.key
         (umask 077 && printf '%s\n' "$t_key" >"$t_keyfile") || return 1
         run wg set "$t_name" private-key "$t_keyfile" listen-port "${t_port:-51820}" \
-            peer "$(value tunnels "$1.peer_public_key")" endpoint "$t_remote:${t_port:-51820}" \
+            peer "$(value tunnels "$t_i.peer_public_key")" endpoint "$t_remote:${t_port:-51820}" \
             allowed-ips 0.0.0.0/0
         t_rc=$?
         rm -f "$t_keyfile"
         [ $t_rc -eq 0 ] || return 1
     fi
-    t_mtu=$(value tunnels "$1.mtu" || true)
+    t_mtu=$(value tunnels "$t_i.mtu" || true)
     if [ -n "$t_mtu" ]; then run "$IP" link set dev "$t_name" mtu "$t_mtu" || return 1; fi
-    t_addr=$(value tunnels "$1.address" || true)
+    t_addr=$(value tunnels "$t_i.address" || true)
     if [ -n "$t_addr" ]; then run "$IP" addr replace "$t_addr" dev "$t_name" || return 1; fi
     run "$IP" link set dev "$t_name" up || return 1
     say "CONFIG tunnel name=$t_name type=$t_type remote=$t_remote"
