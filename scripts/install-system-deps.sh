@@ -11,6 +11,7 @@ PKGS=(
   wrk nginx-light nftables
   postgresql
   libvirt-clients libxml2-utils
+  debootstrap e2fsprogs wireguard-tools
 )
 missing=()
 for p in "${PKGS[@]}"; do

@@ -4,10 +4,13 @@ same identity and per-boot token rules as the configuration document."""
 from __future__ import annotations
 
 import json
+import shlex
 from typing import Any
 
 import httpx
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from nodeconfig_helpers import make_fleet, node_ref, serve
 
 from fleetboot.inventory.db import Database
@@ -126,3 +129,29 @@ def test_every_node_gets_the_seed_when_the_setting_says_so(sqlite_db: Database) 
     with serve(sqlite_db, fleet.directory(), settings) as served:
         cmdline = served.service.cmdline_hook(node_ref(a), a.mac, a.address)
     assert "ds=nocloud-net;s=http://10.0.0.1:8080/v1/self/nocloud/" in cmdline
+
+
+_names = st.from_regex(r"[a-z][a-z0-9]{0,7}", fullmatch=True)
+_macs = st.lists(st.integers(0, 255), min_size=3, max_size=3).map(
+    lambda b: "52:54:00:" + ":".join(f"{x:02x}" for x in b))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(users=st.lists(_names, max_size=4, unique=True),
+       command=st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1,
+                       max_size=40),
+       macs=st.lists(_macs, max_size=3, unique=True))
+def test_any_document_gives_parseable_files(users: list[str], command: str,
+                                            macs: list[str]) -> None:
+    doc = _doc(accounts=[{"name": u, "ssh_keys": [KEY]} for u in users],
+               interfaces=[{"mac": m, "addresses": ["10.1.0.2/24"]} for m in macs],
+               startup={"command": command, "user": "root"})
+    raw = cloudinit.user_data(doc, "http://10.0.0.1:8080", "T")
+    assert raw.startswith(b"#cloud-config\n")
+    config = yaml.safe_load(raw)
+    assert [u["name"] for u in config.get("users", [])] == users
+    assert any(shlex.quote(command) in c for c in config["runcmd"])  # quoted once, intact
+    net = yaml.safe_load(cloudinit.network_config(doc))
+    matched = {e.get("match", {}).get("macaddress") for e in net["ethernets"].values()}
+    assert set(macs) <= matched
+    assert yaml.safe_load(cloudinit.meta_data(doc))["instance-id"] == "fleetboot-n7"
