@@ -7,7 +7,7 @@ under QEMU (TCG). Its init runs a check script baked into the image: the agent's
 sees (``ip addr``, ``ip route``, ``/etc/hosts``, ``id``, the key file, ``tc qdisc show``,
 ``ip -d link``, the startup command's log, the unpacked tarball and package), then a
 second ``apply`` to show the sections are idempotent. Failures on purpose (a tarball with
-a wrong checksum, an NFS mount of an address nobody answers) show on the timeline and
+a wrong checksum, an NFS server that accepts and never answers) show on the timeline and
 the node still reaches UP within the mount's bound, because neither section is required.
 
 Like test_client_vm.py, QEMU's user network stands in for DHCP; the guest reaches the
@@ -55,6 +55,7 @@ HASH = "$6$salt$0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ./
 # Tunnels and qdiscs are modules in Debian's cloud kernel (sch_netem included).
 AGENT_MODULES = ("af_packet", "virtio_pci", "virtio_net", "ip_gre", "ipip", "vxlan",
                  "sch_tbf", "sch_netem")
+OPTIONAL_MODULES = ("wireguard", "nfsv3")
 
 # Run by the guest's init after its DHCP lease: the agent, then what the guest sees.
 # iproute2 by its path: busybox's sh would run its own ip and tc applets.
@@ -145,6 +146,12 @@ async def _boot(tmp: Path, port: int, seconds: float = 420) -> str:
     return re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", serial.read_text(errors="replace"))
 
 
+async def _never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while await reader.read(4096):
+        pass
+    writer.close()
+
+
 def _wg_keys() -> tuple[str, str]:
     private = subprocess.run(["wg", "genkey"], capture_output=True, text=True,
                              check=True).stdout.strip()
@@ -154,7 +161,7 @@ def _wg_keys() -> tuple[str, str]:
 
 
 def _sections(base: str, good: tuple[str, str], bad_url: str, deb: tuple[str, str],
-              wireguard: bool) -> dict[str, object]:
+              wireguard: bool, nfs_port: int) -> dict[str, object]:
     private, _ = _wg_keys()
     _, peer = _wg_keys()
     wg = [{"name": "wg1", "type": "wireguard", "remote": "10.0.2.2", "key": private,
@@ -171,8 +178,9 @@ def _sections(base: str, good: tuple[str, str], bad_url: str, deb: tuple[str, st
                    "content_b64": base64.b64encode(b"a file\n").decode()}],
         "mounts": [{"source": "scratch", "target": "/mnt/scratch", "type": "tmpfs",
                     "options": "size=1m"},
-                   {"source": "10.0.2.99:/export", "target": "/mnt/nfs", "type": "nfs",
-                    "options": "nolock,vers=3"}],
+                   {"source": "10.0.2.2:/export", "target": "/mnt/nfs", "type": "nfs",
+                    "options": f"nolock,vers=3,proto=tcp,mountproto=tcp,port={nfs_port},"
+                               f"mountport={nfs_port},addr=10.0.2.2"}],
         "tunnels": [
             {"name": "gre1", "type": "gre", "remote": "10.0.2.2", "local": "10.0.2.15",
              "key": "42", "address": "172.31.1.1/30"},
@@ -203,13 +211,13 @@ async def test_the_agent_applies_every_section_in_a_busybox_guest(
     except guest.GuestError as exc:
         pytest.skip(f"no guest kernel: {exc}")
     modules: tuple[str, ...] = AGENT_MODULES
-    try:  # wireguard's crypto modules come with a second download of the kernel package
-        with_wg = await asyncio.to_thread(guest.fetch_guest_kernel, "cloud",
-                                          modules=(*AGENT_MODULES, "wireguard"))
-        with_wg.load_order((*AGENT_MODULES, "wireguard"))
-        kernel, modules = with_wg, (*AGENT_MODULES, "wireguard")
+    try:  # wireguard and NFS come with a second download of the kernel package
+        more = await asyncio.to_thread(guest.fetch_guest_kernel, "cloud",
+                                       modules=(*AGENT_MODULES, *OPTIONAL_MODULES))
+        more.load_order((*AGENT_MODULES, *OPTIONAL_MODULES))
+        kernel, modules = more, (*AGENT_MODULES, *OPTIONAL_MODULES)
     except guest.GuestError:
-        pass  # no network for the download: the other tunnels are still checked
+        pass  # no network for the download: the rest is still checked
     wireguard = "wireguard" in modules
     extra = [*guest.host_programs(["ip", "tc", "wg"]),
              guest.ExtraFile("/usr/sbin/fleetboot-client", client_script()),
@@ -242,23 +250,27 @@ async def test_the_agent_applies_every_section_in_a_busybox_guest(
                      extra_routes=nodeconfig.routes(), cmdline_hook=nodeconfig.cmdline_hook)
     http = HttpService(app, "127.0.0.1", 0, protocol=nodeconfig.http_protocol())
     await http.start()
+    # An NFS server that accepts and never answers (on loopback, the guest's 10.0.2.2)
+    silent = await asyncio.start_server(_never_answer, "127.0.0.1", 0)
     base = f"http://10.0.2.2:{http.port}"
     settings.http.public_url = nodeconfig.settings.base_url = base
     files = base + FILES_PATH
     with sqlite_db.session() as s:
         for name, value in _sections(
                 files, (tb.path, hashlib.sha256(tar_body).hexdigest()), tb.path,
-                (pkg.path, hashlib.sha256(deb.read_bytes()).hexdigest()), wireguard).items():
+                (pkg.path, hashlib.sha256(deb.read_bytes()).hexdigest()), wireguard,
+                silent.sockets[0].getsockname()[1]).items():
             store.set_section(s, "vm", name, value)
     await nodeconfig.reload()
     try:
         console = await _boot(tmp_path, http.port)
     finally:
+        silent.close()
         await http.stop()
         await nodeconfig.settle()
     try:
         _check_console(console, wireguard)
-        _check_timeline(sqlite_db, nodeconfig)
+        _check_timeline(sqlite_db, nodeconfig, nfs="nfsv3" in modules)
     finally:
         await nodeconfig.stop()
 
@@ -305,7 +317,7 @@ def _check_console(console: str, wireguard: bool) -> None:
     assert "delay 20ms" in _block(console, "QDISC2")
 
 
-def _check_timeline(db: Database, nodeconfig: NodeConfigService) -> None:
+def _check_timeline(db: Database, nodeconfig: NodeConfigService, nfs: bool) -> None:
     with db.session() as s:
         node_id = inventory.get_node(s, "vm").id
         events = read_timeline(s, node_id)
@@ -319,4 +331,6 @@ def _check_timeline(db: Database, nodeconfig: NodeConfigService) -> None:
     assert "checksum mismatch" in results["tarballs"]["reason"]
     assert results["mounts"]["result"] == "failed"
     assert "failed after 2 tries" in results["mounts"]["reason"]
-    assert "10.0.2.99:/export" in results["mounts"]["reason"]
+    assert "10.0.2.2:/export" in results["mounts"]["reason"]
+    if nfs:  # the kernel tried the server, which never answers: each try cut at 3 s
+        assert "no answer within 3s" in results["mounts"]["reason"], results["mounts"]

@@ -528,10 +528,14 @@ mount_one() {
     mkdir -p "$m_tgt" || { fail "cannot create $m_tgt"; return 1; }
     try=1
     while :; do
-        if m_out=$(timeout "$MOUNT_TIMEOUT" mount -t "$m_type" -o "$m_opts" "$m_src" "$m_tgt" 2>&1); then
+        m_out=$(timeout -s KILL "$MOUNT_TIMEOUT" mount -t "$m_type" -o "$m_opts" "$m_src" "$m_tgt" 2>&1)
+        m_rc=$?
+        if [ $m_rc -eq 0 ]; then
             say "CONFIG mount target=$m_tgt type=$m_type tries=$try"
             return 0
         fi
+        # 124 (coreutils) or 137 (busybox: killed): no answer within the bound
+        [ $m_rc -eq 124 ] || [ $m_rc -eq 137 ] && m_out="no answer within ${MOUNT_TIMEOUT}s"
         [ $try -ge "$MOUNT_TRIES" ] && break
         sleep $try
         try=$((try + 1))
