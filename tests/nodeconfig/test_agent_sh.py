@@ -177,3 +177,39 @@ def test_the_agent_unit_file_is_valid(tmp_path: Path) -> None:
     result = subprocess.run(["systemd-analyze", "verify", str(copy)], capture_output=True,
                             text=True, check=False)
     assert result.returncode == 0, result.stderr
+
+
+def test_without_wget_the_agent_uses_curl(
+        sqlite_db: Database, busybox_bin: Path, script: Path, tmp_path: Path) -> None:  # noqa: F811
+    """Minimal Debian images have curl and no wget: fetch, 304, report and UP all work."""
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.skip("curl is not installed")
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for tool in busybox_bin.iterdir():
+        if tool.name not in ("wget", "sh"):
+            (bindir / tool.name).symlink_to(tool.resolve())
+    (bindir / "curl").symlink_to(curl)
+    # Debian's sh (dash): busybox's sh would find its own wget applet whatever PATH says
+    (bindir / "sh").symlink_to(shutil.which("dash") or "/bin/sh")
+    fleet = make_fleet(sqlite_db, names=("a",))
+    a = fleet["a"]
+    directory = fleet.directory()
+    directory.mapping["127.0.0.1"] = a.mac
+    with serve(sqlite_db, directory) as served:
+        env = _env(served, served.token(a), tmp_path)
+        done = run_client(bindir, script, env, "boot", uts=True)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "sections=17" in done.stdout and "FLEETBOOT-STATE UP" in done.stdout
+        no_wget = subprocess.run([str(bindir / "sh"), "-c", "command -v wget"],
+                                 env={"PATH": str(bindir)}, capture_output=True, check=False)
+        assert no_wget.returncode != 0  # so curl did the work
+        assert done.stdout.count("etag=\"") == 1  # the ETag read from curl's headers
+        refreshed = run_client(bindir, script, env, "fetch", "--refresh")
+        assert "FLEETBOOT-CONFIG unchanged" in refreshed.stdout, refreshed.stdout
+        served.settle()
+        assert served.service.statuses[a.id].state is State.UP
+        with sqlite_db.session() as s:
+            kinds = {e.kind for e in read_timeline(s, a.id)}
+    assert {"config/accounts", "config/files", "state"} <= kinds

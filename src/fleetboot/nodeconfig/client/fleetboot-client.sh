@@ -1,7 +1,7 @@
 #!/bin/sh
 # fleetboot-client: the node side of Fleetboot's configuration service.
-# POSIX sh for busybox (a stock initramfs has no Python): busybox wget, awk,
-# sha256sum, base64. Shipped by Fleetboot at GET /v1/self/client.sh.
+# POSIX sh for busybox (a stock initramfs has no Python): busybox wget (or curl),
+# awk, sha256sum, base64. Shipped by Fleetboot at GET /v1/self/client.sh.
 #
 # One request per boot (seed 002: the testbed's nodes made 26): the whole
 # configuration document is fetched once, cut into one file per section in a
@@ -87,14 +87,50 @@ wget_t() {
     fi
 }
 
-# GET with the token header when there is a token. $1: output file, rest: wget args.
+# wget (busybox's or GNU) where there is one, else curl (minimal Debian images have
+# only curl). Both report the response headers on stderr the way "wget -S" does.
+have_wget() { command -v wget >/dev/null 2>&1; }
+
+# GET with the token header when there is a token. $1: output file, then optionally
+# --header "If-None-Match: ...", then the URL. Fails on anything but a 2xx.
 http_get() {
     out=$1
     shift
-    if [ -n "$TOKEN" ]; then
-        wget_t 20 -q -S -O "$out" --header "X-Fleetboot-Token: $TOKEN" "$@"
+    if have_wget; then
+        if [ -n "$TOKEN" ]; then
+            wget_t 20 -q -S -O "$out" --header "X-Fleetboot-Token: $TOKEN" "$@"
+        else
+            wget_t 20 -q -S -O "$out" "$@"
+        fi
+        return
+    fi
+    c_extra=""
+    [ "$1" = --header ] && { c_extra=$2; shift 2; }
+    set -- -sS --max-time 20 -D - -o "$out" ${TOKEN:+-H "X-Fleetboot-Token: $TOKEN"} \
+        ${c_extra:+-H "$c_extra"} "$1"
+    c_head=$(curl "$@") || { printf '%s\n' "$c_head" >&2; return 1; }
+    printf '%s\n' "$c_head" >&2
+    case "$(printf '%s\n' "$c_head" | awk '$1 ~ /^HTTP\// { s = $2 } END { print s }')" in
+        2??) return 0 ;;
+        *) return 1 ;;
+    esac
+}
+
+# download SECONDS OUT URL
+download() {
+    if have_wget; then
+        wget_t "$1" -q -O "$2" "$3"
     else
-        wget_t 20 -q -S -O "$out" "$@"
+        curl -fsS --max-time "$1" -o "$2" "$3"
+    fi
+}
+
+# post_form PATH DATA: a form POST to the server with the token.
+post_form() {
+    if have_wget; then
+        wget_t 20 -q -O /dev/null --header "X-Fleetboot-Token: $TOKEN" --post-data "$2" "$URL$1"
+    else
+        curl -fsS --max-time 20 -o /dev/null -H "X-Fleetboot-Token: $TOKEN" --data "$2" "$URL$1"
     fi
 }
 
@@ -498,7 +534,7 @@ file_one() {
         printf '%s' "$b64" | base64 -d >"$part" || { fail "bad base64 for $path"; return 1; }
     else
         url=$(value files "$1.url") || return 1
-        wget_t 300 -q -O "$part" "$url" || { rm -f "$part"; fail "cannot download $url"; return 1; }
+        download 300 "$part" "$url" || { rm -f "$part"; fail "cannot download $url"; return 1; }
     fi
     if ! sha_ok "$part" "$sum"; then
         rm -f "$part"
@@ -628,7 +664,7 @@ apply_shaping() { each shaping shaping_one; }
 # --- tarballs and packages: downloaded over HTTP, checked by sha256, applied once each
 
 fetch_checked() {
-    if ! wget_t 300 -q -O "$3" "$1" 2>/dev/null; then
+    if ! download 300 "$3" "$1" 2>/dev/null; then
         rm -f "$3"
         fail "cannot download $1"
         return 1
@@ -772,8 +808,7 @@ report_results() {
         body="$body${body:+&}${f##*/}=$(cut -c1-300 <"$f" | urlencode)"
     done
     [ -n "$body" ] || return 0
-    wget_t 20 -q -O /dev/null --header "X-Fleetboot-Token: $TOKEN" \
-        --post-data "$body" "$URL/v1/self/report" || say "CONFIG report-failed=1"
+    post_form /v1/self/report "$body" || say "CONFIG report-failed=1"
 }
 
 # The first section that failed and is required, if any.
@@ -802,8 +837,7 @@ report() {
     settings
     [ -n "$TOKEN" ] || die "reporting a state needs the per-boot token (FLEETBOOT_TOKEN)"
     msg=$(printf '%s' "${2:-}" | cut -c1-500 | urlencode)
-    if wget_t 20 -q -O /dev/null --header "X-Fleetboot-Token: $TOKEN" \
-        --post-data "state=$1&message=$msg" "$URL/v1/self/state"; then
+    if post_form /v1/self/state "state=$1&message=$msg"; then
         say "STATE $1"
     else
         say "STATE $1 report-failed=1"
