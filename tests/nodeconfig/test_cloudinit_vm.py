@@ -6,8 +6,11 @@ nothing of Fleetboot installed. iPXE boots its kernel from Fleetboot; the node's
 attributes ask for cloud-init, so the command line carries
 ``ds=nocloud-net;s=<fleetboot>/v1/self/nocloud/<token>/``. cloud-init creates the user
 with its SSH key and sudo, sets the hostname, writes a file and runs the startup
-command; a check script (one of the files written) prints what the system sees on the
-serial console and powers it off. The node reaches UP through cloud-init's last runcmd.
+command. Tunnels and shaping, which cloud-init has no module for, are applied by the
+node agent that user-data fetches and runs; the agent's systemd unit (installed as a
+file, as an image would ship it) applies the sections its environment file names. A
+check script (one of the files written) prints what the system sees on the serial
+console and powers it off. The node reaches UP through cloud-init's last runcmd.
 
 Slow: the first run builds the image (debootstrap downloads for minutes; cached in
 /var/cache/fleetboot/debian-cloudinit afterwards), and systemd + cloud-init boot under
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import importlib.resources
 import re
 import shutil
 import subprocess
@@ -31,6 +35,7 @@ from fleetboot.inventory import service as inventory
 from fleetboot.inventory.db import Database
 from fleetboot.inventory.models import BootAction
 from fleetboot.nodeconfig import store
+from fleetboot.nodeconfig.api import client_script
 from fleetboot.nodeconfig.service import NodeConfigService, NodeConfigSettings
 from fleetboot.nodeconfig.states import State
 from fleetboot.nodeconfig.timeline import read_timeline
@@ -57,14 +62,27 @@ show SUDO sudo -l -U carol
 show FILE cat /etc/fleetboot-ci
 show RUNCMD cat /var/tmp/runcmd.out
 show HOSTS cat /etc/hosts
+show GRE ip -d link show gre1
+show GREADDR ip -4 addr show dev gre1
+show QDISC tc qdisc show dev eth0
+show UNIT systemctl is-active fleetboot-agent.service
+show UNITLOG journalctl -b -u fleetboot-agent.service --no-pager -o cat
 echo "FLEETBOOT-CHECK done"
 } >/dev/ttyS0
 """
 # The startup command (cloud-init's runcmd) records who ran it, then starts the check
 # in the background so cloud-init finishes (and reports UP) first.
+# It also starts the agent's unit (installed by the files section, as an image would
+# ship it), which applies the sections agent.env names in this full system.
 STARTUP = ("echo runcmd ran as $(id -un) > /var/tmp/runcmd.out; "
+           "systemctl daemon-reload; systemctl start fleetboot-agent.service; "
            "setsid sh -c 'sleep 10; /usr/local/sbin/ci-check; systemctl poweroff' "
            ">/dev/null 2>&1 </dev/null &")
+
+
+def _unit() -> str:
+    return (importlib.resources.files("fleetboot.nodeconfig")
+            .joinpath("client/fleetboot-agent.service").read_text())
 
 
 def _b64(text: str) -> str:
@@ -125,7 +143,18 @@ async def test_cloud_init_in_a_debian_system_configures_it_from_fleetboot(
             "hosts": [{"address": "10.0.2.2", "names": ["fleetboot.lab"]}],
             "files": [{"path": "/etc/fleetboot-ci", "content_b64": _b64("written by cloud-init\n")},
                       {"path": "/usr/local/sbin/ci-check", "content_b64": _b64(CHECK),
-                       "mode": "0755"}],
+                       "mode": "0755"},
+                      {"path": "/usr/local/sbin/fleetboot-client",
+                       "content_b64": base64.b64encode(client_script()).decode(),
+                       "mode": "0755"},
+                      {"path": "/etc/systemd/system/fleetboot-agent.service",
+                       "content_b64": _b64(_unit())},
+                      {"path": "/etc/fleetboot/agent.env",
+                       "content_b64": _b64("FLEETBOOT_SECTIONS=hosts,shaping\n")}],
+            # No cloud-init module for these: user-data runs the agent for them
+            "tunnels": [{"name": "gre1", "type": "gre", "remote": "10.0.2.2",
+                         "local": "10.0.2.15", "key": "7", "address": "172.31.9.1/30"}],
+            "shaping": [{"interface": "eth0", "delay_ms": 5}],
             "startup": {"command": STARTUP},
         }
         for name, value in sections.items():
@@ -155,12 +184,24 @@ async def test_cloud_init_in_a_debian_system_configures_it_from_fleetboot(
         assert "(ALL) NOPASSWD: ALL" in _block(console, "SUDO")
         assert "written by cloud-init" in _block(console, "FILE")
         assert "runcmd ran as root" in _block(console, "RUNCMD")
-        assert "10.0.2.2 fleetboot.lab" in _block(console, "HOSTS")
+        hosts = _block(console, "HOSTS")
+        assert "10.0.2.2 fleetboot.lab" in hosts  # by cloud-init
+        assert "# BEGIN fleetboot" in hosts  # and the agent's block, from its unit
+        gre = _block(console, "GRE")
+        assert "gre remote 10.0.2.2 local 10.0.2.15" in gre and "key 0.0.0.7" in gre, gre
+        assert "inet 172.31.9.1/30" in _block(console, "GREADDR")
+        assert re.search(r"qdisc netem \S+ root .*delay 5ms", _block(console, "QDISC"))
+        assert _block(console, "UNIT").strip() == "active"
+        assert "FLEETBOOT-STATE UP" in _block(console, "UNITLOG")
         with sqlite_db.session() as s:
             node_id = inventory.get_node(s, "vm").id
             events = read_timeline(s, node_id)
         fetched = {e.detail.get("section") for e in events if e.kind == "config"}
         assert {"nocloud/meta-data", "nocloud/user-data"} <= fetched, fetched
         assert nodeconfig.statuses[node_id].state is State.UP
+        results = {e.kind: e.detail.get("result") for e in events
+                   if e.kind.startswith("config/")}
+        assert results == {"config/tunnels": "ok", "config/shaping": "ok",
+                           "config/hosts": "ok"}, results
     finally:
         await nodeconfig.stop()
