@@ -473,7 +473,8 @@ def _unpack(deb: Path, dest: Path, wanted: Sequence[str]) -> dict[str, Any]:
 
 
 def _load(flavor: str, package: str, root: Path, manifest: dict[str, Any]) -> GuestKernel:
-    depends = {k: tuple(d.replace("-", "_") for d in v) for k, v in manifest["depends"].items()}
+    depends = {k.replace("-", "_"): tuple(d.replace("-", "_") for d in v)
+               for k, v in manifest["depends"].items()}
     return GuestKernel(
         flavor=flavor, package=package, release=str(manifest["release"]), root=root,
         modules={name: root / "modules" / f"{name}.ko" for name in depends},
