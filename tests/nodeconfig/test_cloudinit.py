@@ -150,7 +150,8 @@ def test_any_document_gives_parseable_files(users: list[str], command: str,
     assert raw.startswith(b"#cloud-config\n")
     config = yaml.safe_load(raw)
     assert [u["name"] for u in config.get("users", [])] == users
-    assert any(shlex.quote(command) in c for c in config["runcmd"])  # quoted once, intact
+    stored = doc["startup"]["command"]  # as validated (surrounding blanks stripped)
+    assert any(shlex.quote(stored) in c for c in config["runcmd"])  # quoted once, intact
     net = yaml.safe_load(cloudinit.network_config(doc))
     matched = {e.get("match", {}).get("macaddress") for e in net["ethernets"].values()}
     assert set(macs) <= matched
