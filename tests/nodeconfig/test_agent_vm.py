@@ -19,14 +19,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import io
 import re
 import shutil
 import subprocess
-import tarfile
 from pathlib import Path
 
 import pytest
+from nodeconfig_helpers import build_deb, make_tarball
 
 from fleetboot.boot.images import ImageStore
 from fleetboot.boot.ipxe import FILES_PATH
@@ -100,30 +99,6 @@ def _block(console: str, name: str) -> str:
     found = re.search(rf"=== {name}\r?\n(.*?)=== end", console, re.S)
     assert found, f"no {name} block in the console:\n{console[-4000:]}"
     return found.group(1)
-
-
-def _tarball(files: dict[str, bytes]) -> bytes:
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w:gz") as tar:
-        for name, body in files.items():
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(body), 0o644
-            tar.addfile(info, io.BytesIO(body))
-    return raw.getvalue()
-
-
-def _deb(tmp: Path) -> Path:
-    root = tmp / "pkg"
-    (root / "DEBIAN").mkdir(parents=True)
-    (root / "DEBIAN/control").write_text(
-        "Package: fleetboot-test\nVersion: 1.0\nArchitecture: all\n"
-        "Maintainer: lab <lab@example.org>\nDescription: a package the agent installs\n")
-    (root / "usr/share/fleetboot-test").mkdir(parents=True)
-    (root / "usr/share/fleetboot-test/package.txt").write_text("installed by the agent\n")
-    out = tmp / "fleetboot-test_1.0_all.deb"
-    subprocess.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", str(root),
-                    str(out)], check=True, capture_output=True)
-    return out
 
 
 async def _boot(tmp: Path, port: int, seconds: float = 420) -> str:
@@ -229,10 +204,10 @@ async def test_the_agent_applies_every_section_in_a_busybox_guest(
     images = ImageStore(root)
     k, _ = images.add(kernel.vmlinuz, "vmlinuz")
     i, _ = images.add(initrd, "initrd.img")
-    tar_body = _tarball({"hello.txt": b"unpacked from a tarball\n"})
+    tar_body = make_tarball({"hello.txt": b"unpacked from a tarball\n"})
     (tmp_path / "tb.tar.gz").write_bytes(tar_body)
     tb, _ = images.add(tmp_path / "tb.tar.gz", "tb.tar.gz")
-    deb = _deb(tmp_path)
+    deb = build_deb(tmp_path)
     pkg, _ = images.add(deb, deb.name)
     with sqlite_db.session() as s:
         inventory.add_node(s, "vm", [inventory.NicSpec(VM_MAC, boot=True)])

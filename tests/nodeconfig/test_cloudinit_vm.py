@@ -6,7 +6,8 @@ nothing of Fleetboot installed. iPXE boots its kernel from Fleetboot; the node's
 attributes ask for cloud-init, so the command line carries
 ``ds=nocloud-net;s=<fleetboot>/v1/self/nocloud/<token>/``. cloud-init creates the user
 with its SSH key and sudo, sets the hostname, writes a file and runs the startup
-command. Tunnels and shaping, which cloud-init has no module for, are applied by the
+command, and downloads a tarball and a package from Fleetboot's HTTP server, checked
+by sha256. Tunnels and shaping, which cloud-init has no module for, are applied by the
 node agent that user-data fetches and runs; the agent's systemd unit (installed as a
 file, as an image would ship it) applies the sections its environment file names. A
 check script (one of the files written) prints what the system sees on the serial
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import importlib.resources
 import re
 import shutil
@@ -28,8 +30,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from nodeconfig_helpers import build_deb, make_tarball
 
 from fleetboot.boot.images import ImageStore
+from fleetboot.boot.ipxe import FILES_PATH
 from fleetboot.config import HttpConfig, Settings
 from fleetboot.inventory import service as inventory
 from fleetboot.inventory.db import Database
@@ -46,8 +50,8 @@ pytestmark = [
     pytest.mark.qemu, pytest.mark.slow,
     pytest.mark.timeout(3600),  # the first run builds the image (debootstrap: minutes)
     pytest.mark.skipif(None in (shutil.which("qemu-system-x86_64"), shutil.which("qemu-img"),
-                                shutil.which("debootstrap")),
-                       reason="needs QEMU, qemu-img and debootstrap"),
+                                shutil.which("debootstrap"), shutil.which("dpkg-deb")),
+                       reason="needs QEMU, qemu-img, debootstrap and dpkg-deb"),
 ]
 
 VM_MAC = "52:54:00:77:06:01"
@@ -65,6 +69,8 @@ show HOSTS cat /etc/hosts
 show GRE ip -d link show gre1
 show GREADDR ip -4 addr show dev gre1
 show QDISC tc qdisc show dev eth0
+show TARBALL cat /opt/tb/hello.txt
+show PACKAGE dpkg-query -W -f '${Status}\n' fleetboot-test
 show UNIT systemctl is-active fleetboot-agent.service
 show UNITLOG journalctl -b -u fleetboot-agent.service --no-pager -o cat
 echo "FLEETBOOT-CHECK done"
@@ -130,6 +136,11 @@ async def test_cloud_init_in_a_debian_system_configures_it_from_fleetboot(
     images = ImageStore(root)
     k, _ = images.add(image.vmlinuz, "vmlinuz")
     i, _ = images.add(image.initrd, "initrd.img")
+    tar_body = make_tarball({"hello.txt": b"unpacked by cloud-init\n"})
+    (tmp_path / "tb.tar.gz").write_bytes(tar_body)
+    tb, _ = images.add(tmp_path / "tb.tar.gz", "tb.tar.gz")
+    deb = build_deb(tmp_path)
+    pkg, _ = images.add(deb, deb.name)
     with sqlite_db.session() as s:
         inventory.add_node(s, "vm", [inventory.NicSpec(VM_MAC, boot=True)])
         inventory.add_profile(s, "debian", kernel=k.path, initrd=i.path,
@@ -171,6 +182,15 @@ async def test_cloud_init_in_a_debian_system_configures_it_from_fleetboot(
     http = HttpService(app, "127.0.0.1", 0, protocol=nodeconfig.http_protocol())
     await http.start()
     settings.http.public_url = nodeconfig.settings.base_url = f"http://10.0.2.2:{http.port}"
+    files = f"http://10.0.2.2:{http.port}{FILES_PATH}"
+    with sqlite_db.session() as s:  # downloads: checked by sha256 in cloud-init's runcmd
+        store.set_section(s, "vm", "tarballs", [
+            {"url": files + tb.path, "sha256": hashlib.sha256(tar_body).hexdigest(),
+             "dest": "/opt/tb"}])
+        store.set_section(s, "vm", "packages", [
+            {"name": "fleetboot-test", "url": files + pkg.path,
+             "sha256": hashlib.sha256(deb.read_bytes()).hexdigest()}])
+    await nodeconfig.reload()
     try:
         console = await _boot(tmp_path, image.disk, http.port)
     finally:
@@ -191,6 +211,8 @@ async def test_cloud_init_in_a_debian_system_configures_it_from_fleetboot(
         assert "gre remote 10.0.2.2 local 10.0.2.15" in gre and "key 0.0.0.7" in gre, gre
         assert "inet 172.31.9.1/30" in _block(console, "GREADDR")
         assert re.search(r"qdisc netem \S+ root .*delay 5ms", _block(console, "QDISC"))
+        assert "unpacked by cloud-init" in _block(console, "TARBALL")
+        assert "install ok installed" in _block(console, "PACKAGE")
         assert _block(console, "UNIT").strip() == "active"
         assert "FLEETBOOT-STATE UP" in _block(console, "UNITLOG")
         with sqlite_db.session() as s:
