@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -18,6 +22,8 @@ from fleetboot.nodeconfig import cloudinit, store
 from fleetboot.nodeconfig.render import FleetFacts, NicFacts, NodeFacts, build_document
 from fleetboot.nodeconfig.sections import validate_section
 from fleetboot.nodeconfig.service import NodeConfigSettings
+from fleetboot.nodeconfig.states import State
+from fleetboot.nodeconfig.timeline import read_timeline
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOx4 ops@fleet"
 
@@ -70,7 +76,44 @@ def test_user_data_maps_the_sections_to_cloud_config() -> None:
     assert any("c" * 64 in c and "dpkg -i" in c for c in runcmd)
     assert any("FLEETBOOT_SECTIONS=tunnels" in c and "client.sh" in c for c in runcmd)
     assert "timeout 30 su -s /bin/sh ops -c 'echo ready'" in runcmd[-2]
-    assert "X-Fleetboot-Token: TOKEN1" in runcmd[-1] and "state=UP" in runcmd[-1]
+    assert "fb_result startup" in runcmd[-2]  # its result goes to the timeline
+    assert "X-Fleetboot-Token: TOKEN1" in runcmd[0] and "state=UP" in runcmd[-1]
+
+
+def test_cloud_config_runs_as_a_script_and_reports_results(sqlite_db: Database,
+                                                            tmp_path: Path) -> None:
+    """The runcmd lines run by sh with real curl against a real server, as cloud-init runs
+    them: a required section that fails makes the last line report FAILED; every
+    section's result is on the timeline."""
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    fleet = make_fleet(sqlite_db, names=("a",))
+    a = fleet["a"]
+    with sqlite_db.session() as s:
+        store.set_section(s, "a", "tarballs", [{"url": "http://127.0.0.1:9/none.tgz",
+                                                "sha256": "d" * 64}])  # refused: fails
+        store.set_section(s, "a", "startup", {"command": "echo started"})
+        store.set_section(s, "a", "required", ["tarballs"])
+    directory = fleet.directory()
+    directory.mapping["127.0.0.1"] = a.mac  # curl connects from 127.0.0.1
+    with serve(sqlite_db, directory) as served:
+        served.call(served.service.reload())
+        token = served.token(a)
+        user = httpx.get(cloudinit.seed_url(served.base_url, token) + "user-data")
+        runcmd = yaml.safe_load(user.text)["runcmd"]
+        script = "\n".join(runcmd).replace("/var/log/fleetboot", str(tmp_path / "log"))
+        done = subprocess.run(["sh", "-c", script], capture_output=True, text=True,
+                              timeout=120, check=False)
+        served.settle()
+        status = served.service.statuses[a.id]
+        with sqlite_db.session() as s:
+            events = {e.kind: e.detail for e in read_timeline(s, a.id)}
+    assert status.state is State.FAILED, done.stderr
+    assert status.message == "config/tarballs failed"
+    assert events["config/tarballs"]["result"] == "failed"
+    assert "exit status" in events["config/tarballs"]["reason"]
+    assert events["config/startup"] == {"result": "ok"}
+    assert (tmp_path / "log/startup.log").read_text() == "started\n"
 
 
 def test_network_config_is_version_2_matched_by_mac() -> None:

@@ -6,7 +6,8 @@ Stock distribution images configure themselves with cloud-init; booted with
 Fleetboot, which renders them here from the same per-node document the node
 agent reads. What cloud-init has no module for (tunnels, shaping) and what must
 be checked by sha256 (tarballs, packages and files given by URL) is done by
-``runcmd`` lines; the last one reports the node UP. The section table is in
+``runcmd`` lines, which report each such section's result on the timeline; the last
+one reports the node UP, or FAILED when a required section failed. The table is in
 docs/nodeconfig.md.
 """
 
@@ -100,39 +101,75 @@ def _fetch_checked(url: str, sha256: str, out: str) -> str:
     return f"( {get} ) && {check}"
 
 
-def _downloads(doc: Mapping[str, Any]) -> list[str]:
-    """Shell lines for what is fetched by URL and checked by sha256 before it is used."""
-    cmds: list[str] = []
+def _downloads(doc: Mapping[str, Any]) -> dict[str, list[str]]:
+    """Shell commands per section for what is fetched by URL and checked by sha256."""
+    cmds: dict[str, list[str]] = {}
     for f in doc.get("files") or ():
         if "url" in f:
             path, part = shlex.quote(f["path"]), shlex.quote(f"{f['path']}.fleetboot")
             folder = shlex.quote(f["path"].rsplit("/", 1)[0] or "/")
             fetched = _fetch_checked(f["url"], f["sha256"], f"{f['path']}.fleetboot")
-            cmds.append(f"mkdir -p {folder} && {fetched} && chmod {f.get('mode', '0644')} "
-                        f"{part} && mv {part} {path}")
+            cmds.setdefault("files", []).append(
+                f"mkdir -p {folder} && {fetched} && chmod {f.get('mode', '0644')} "
+                f"{part} && mv {part} {path}")
     for i, t in enumerate(doc.get("tarballs") or ()):
         part = f"/run/fleetboot-tarball-{i}"
         dest = shlex.quote(t.get("dest", "/"))
-        cmds.append(f"mkdir -p {dest} && {_fetch_checked(t['url'], t['sha256'], part)} && "
-                    f"tar -xf {part} -C {dest}; rm -f {part}")
+        cmds.setdefault("tarballs", []).append(
+            f"mkdir -p {dest} && {_fetch_checked(t['url'], t['sha256'], part)} && "
+            f"tar -xf {part} -C {dest}; fb_x=$?; rm -f {part}; exit $fb_x")
     for p in doc.get("packages") or ():
         url = str(p["url"])
         kind = "deb" if url.endswith(".deb") else "rpm" if url.endswith(".rpm") else "tar"
         part = f"/run/fleetboot-package-{p['name']}.{kind}"
         install = {"deb": f"dpkg -i {part}", "rpm": f"rpm -i {part}",
                    "tar": f"tar -xf {part} -C /"}[kind]
-        cmds.append(f"{_fetch_checked(url, p['sha256'], part)} && {install}; rm -f {part}")
+        cmds.setdefault("packages", []).append(
+            f"{_fetch_checked(url, p['sha256'], part)} && {install}; fb_x=$?; rm -f {part}; "
+            "exit $fb_x")
     return cmds
 
 
+def _section_line(section: str, commands: Sequence[str]) -> str:
+    """Every command of a section is tried; the section's result goes to the timeline."""
+    tries = " ".join(f"( {c} ) || fb_rc=$?;" for c in commands)
+    return f"fb_rc=0; {tries} fb_result {section} $fb_rc"
+
+
+def _prologue(base_url: str, token: str, required: Sequence[str]) -> str:
+    """Shell functions the other runcmd lines use (cloud-init runs them as one script).
+
+    ``fb_result SECTION RC`` posts ``SECTION=ok`` or ``SECTION=failed: exit status RC``
+    to ``/v1/self/report`` and remembers the first required section that failed.
+    """
+    header = shlex.quote(f"X-Fleetboot-Token: {token}")
+    base = shlex.quote(base_url)
+    post = (f'fb_post() {{ curl -fsS --max-time 20 -o /dev/null -H {header} --data "$2" '
+            f'{base}"$1" || wget -q -T 20 -O /dev/null --header {header} '
+            f'--post-data "$2" {base}"$1"; }}')
+    mark = ('fb_mark() { case "$FB_REQUIRED" in *" $1 "*) '
+            '[ "$2" = 0 ] || [ -n "$FB_FAILED" ] || FB_FAILED=$1 ;; esac; }')
+    result = ('fb_result() { fb_mark "$1" "$2"; if [ "$2" = 0 ]; then fb_post '
+              '/v1/self/report "$1=ok"; else fb_post /v1/self/report '
+              '"$1=failed:+exit+status+$2+(see+/var/log/cloud-init-output.log)"; fi; }')
+    return (f"FB_REQUIRED={shlex.quote(' ' + ' '.join(required) + ' ')}; FB_FAILED=; "
+            f"{post}; {mark}; {result}")
+
+
 def _agent(base_url: str, token: str, sections: Sequence[str]) -> str:
-    """Run Fleetboot's node agent for the sections cloud-init cannot apply."""
+    """Run Fleetboot's node agent for the sections cloud-init cannot apply.
+
+    The agent reports each section itself; its results decide the required ones here.
+    """
     env = (f"FLEETBOOT_URL={shlex.quote(base_url)} FLEETBOOT_TOKEN={shlex.quote(token)} "
            f"FLEETBOOT_SECTIONS={','.join(sections)}")
     get = _HTTP_GET.format(out="/run/fleetboot-client.sh",
                            url=shlex.quote(f"{base_url}/v1/self/client.sh"))
-    return f"( {get} ) && {env} sh /run/fleetboot-client.sh fetch && " \
-           f"{env} sh /run/fleetboot-client.sh apply {' '.join(sections)}"
+    results = "/run/fleetboot/config/results"
+    check = (f"for s in {' '.join(sections)}; do grep -qx ok {results}/$s 2>/dev/null; "
+             f'fb_mark "$s" $?; done')
+    return (f"( {get} ) && {env} sh /run/fleetboot-client.sh fetch && "
+            f"{env} sh /run/fleetboot-client.sh apply {' '.join(sections)}; {check}")
 
 
 def _startup(doc: Mapping[str, Any]) -> str | None:
@@ -145,14 +182,14 @@ def _startup(doc: Mapping[str, Any]) -> str | None:
         f"su -s /bin/sh {shlex.quote(user)} -c {shlex.quote(cmd)}"
     if startup.get("timeout_s"):
         run = f"timeout {int(startup['timeout_s'])} {run}"
-    return f"mkdir -p /var/log/fleetboot && {run} >/var/log/fleetboot/startup.log 2>&1"
+    return _section_line("startup", [
+        f"mkdir -p /var/log/fleetboot && {run} >/var/log/fleetboot/startup.log 2>&1"])
 
 
-def _report_up(base_url: str, token: str) -> str:
-    url = shlex.quote(f"{base_url}/v1/self/state")
-    header = shlex.quote(f"X-Fleetboot-Token: {token}")
-    return (f"curl -fsS --max-time 20 -H {header} --data state=UP {url} || "
-            f"wget -q -T 20 -O /dev/null --header {header} --post-data state=UP {url}")
+# The last line: UP, or FAILED naming the first required section that failed.
+_FINAL_STATE = ('if [ -n "$FB_FAILED" ]; then fb_post /v1/self/state '
+                '"state=FAILED&message=config/$FB_FAILED+failed"; '
+                'else fb_post /v1/self/state state=UP; fi')
 
 
 def user_data(doc: Mapping[str, Any], base_url: str, token: str) -> bytes:
@@ -169,14 +206,15 @@ def user_data(doc: Mapping[str, Any], base_url: str, token: str) -> bytes:
         config["mounts"] = [[m["source"], m["target"], m.get("type", "nfs"),
                              f"{m.get('options', 'defaults')},nofail", "0", "0"]
                             for m in doc["mounts"]]
-    runcmd: list[str] = _downloads(doc)
+    runcmd = [_prologue(base_url, token, doc.get("required") or ())]
+    runcmd += [_section_line(section, cmds) for section, cmds in _downloads(doc).items()]
     needs_agent = [s for s in AGENT_SECTIONS if doc.get(s)]
     if needs_agent:
         runcmd.append(_agent(base_url, token, needs_agent))
     startup = _startup(doc)
     if startup:
         runcmd.append(startup)
-    runcmd.append(_report_up(base_url, token))
+    runcmd.append(_FINAL_STATE)
     config["runcmd"] = runcmd
     return _dump(config, "#cloud-config\n")
 
