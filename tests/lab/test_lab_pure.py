@@ -273,3 +273,25 @@ def test_wait_for_finds_timeouts_and_sees_exit(tmp_path: Path) -> None:
         vm.process.wait()
         with pytest.raises(qemu.VmError, match="exited"):
             vm.wait_for("never", timeout=5)
+
+
+def test_a_cache_missing_a_dependency_file_is_not_used(tmp_path: Path) -> None:
+    """modinfo names dependencies with dashes (libcurve25519-generic): they are mapped to
+    module names, and a cache that lacks one of their files is fetched again."""
+    import json
+
+    root = tmp_path / "linux-image-x"
+    (root / "modules").mkdir(parents=True)
+    manifest = {"release": "6.1", "requested": ["wireguard", "virtio_net"], "builtin": [],
+                "depends": {"wireguard": ["libcurve25519-generic"],
+                            "libcurve25519-generic": [], "virtio_net": []}}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    (tmp_path / "cloud.json").write_text(json.dumps({"package": "linux-image-x"}))
+    for name in ("wireguard", "virtio_net"):
+        (root / "modules" / f"{name}.ko").write_bytes(b"\0")
+    assert guest._cached(tmp_path, "cloud", ["virtio_net"]) is not None
+    assert guest._cached(tmp_path, "cloud", ["wireguard"]) is None  # the library is missing
+    (root / "modules" / "libcurve25519_generic.ko").write_bytes(b"\0")
+    kernel = guest._cached(tmp_path, "cloud", ["wireguard"])
+    assert kernel is not None
+    assert kernel.load_order(["wireguard"]) == ["libcurve25519_generic", "wireguard"]

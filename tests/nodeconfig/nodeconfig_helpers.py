@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import socket
+import subprocess
+import tarfile
 import threading
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import uvicorn
@@ -125,3 +129,29 @@ def serve(db: Database, directory: StaticDirectory, settings: NodeConfigSettings
         state["server"].should_exit = True
         thread.join(20)
         sock.close()
+
+
+def make_tarball(files: dict[str, bytes]) -> bytes:
+    """A .tar.gz of the files, each 0644."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w:gz") as tar:
+        for name, body in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(body), 0o644
+            tar.addfile(info, io.BytesIO(body))
+    return raw.getvalue()
+
+
+def build_deb(tmp: Path) -> Path:
+    """fleetboot-test_1.0_all.deb, built by dpkg-deb: /usr/share/fleetboot-test/package.txt."""
+    root = tmp / "pkg"
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "DEBIAN/control").write_text(
+        "Package: fleetboot-test\nVersion: 1.0\nArchitecture: all\n"
+        "Maintainer: lab <lab@example.org>\nDescription: a package the agent installs\n")
+    (root / "usr/share/fleetboot-test").mkdir(parents=True)
+    (root / "usr/share/fleetboot-test/package.txt").write_text("installed by the agent\n")
+    out = tmp / "fleetboot-test_1.0_all.deb"
+    subprocess.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", str(root),
+                    str(out)], check=True, capture_output=True)
+    return out

@@ -67,12 +67,18 @@ def test_the_client_fetches_once_caches_applies_and_reports_up(
         done = run_client(busybox_bin, script, env, "boot", uts=True)
         assert done.returncode == 0, done.stdout + done.stderr
         lines = done.stdout.splitlines()
-        assert lines[0].startswith("FLEETBOOT-CONFIG fetched ") and "sections=16" in lines[0]
+        assert lines[0].startswith("FLEETBOOT-CONFIG fetched ") and "sections=17" in lines[0]
         assert "FLEETBOOT-CONFIG hostname name=host-a" in lines
         assert "FLEETBOOT-CONFIG file path=/etc/motd bytes=21" in lines
         assert "FLEETBOOT-STATE UP" in lines and "HOSTNAME=host-a" in lines
         assert (tmp_path / "root/etc/motd").read_text() == "welcome to the fleet\n"
         assert (tmp_path / "root/etc/hostname").read_text() == "host-a\n"
+        # The account is applied too (into FLEETBOOT_ROOT's /etc), reported per section
+        assert "FLEETBOOT-CONFIG section name=accounts result=ok" in lines
+        assert "user-a:x:1000:1000:" in (tmp_path / "root/etc/passwd").read_text()
+        assert "wheel:x:1001:user-a" in (tmp_path / "root/etc/group").read_text()
+        keys = (tmp_path / "root/home/user-a/.ssh/authorized_keys").read_text()
+        assert keys.startswith("ssh-ed25519 ")
         assert served.service.fetches == 1
 
         # Later questions are answered from the cache: no request reaches the server.
@@ -99,9 +105,12 @@ def test_the_client_fetches_once_caches_applies_and_reports_up(
         assert served.service.statuses[a.id].state is State.UP
         with sqlite_db.session() as s:
             events = read_timeline(s, a.id)
-        assert [(e.source, e.kind) for e in events][:2] == [("config", "config"),
-                                                             ("node", "state")]
-        assert events[0].detail["status"] == 200 and events[1].detail["state"] == "UP"
+        seen = [(e.source, e.kind) for e in events]
+        assert seen[0] == ("config", "config") and seen[5] == ("node", "state")
+        assert set(seen[1:5]) == {("node", f"config/{name}") for name in (
+            "hostname", "interfaces", "accounts", "files")}  # one report for every section
+        assert events[0].detail["status"] == 200 and events[5].detail["state"] == "UP"
+        assert all(e.detail == {"result": "ok"} for e in events[1:5])
 
 
 def test_a_wrong_token_fails_cleanly(sqlite_db: Database, busybox_bin: Path, script: Path,

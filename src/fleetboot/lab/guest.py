@@ -459,7 +459,9 @@ def _unpack(deb: Path, dest: Path, wanted: Sequence[str]) -> dict[str, Any]:
             if name in depends:
                 continue
             deps = _run(["modinfo", "-F", "depends", str(index[name])]).strip()
-            depends[name] = tuple(d for d in deps.split(",") if d and d not in builtin)
+            # modinfo names dependencies as their files are named (libcurve25519-generic)
+            named = (d.replace("-", "_") for d in deps.split(",") if d)
+            depends[name] = tuple(d for d in named if d not in builtin)
             todo.extend(d for d in depends[name] if d in index)
         _put(dest / "vmlinuz", vmlinuz[0].read_bytes)
         _put(dest / "config", Path(tmp, "boot", f"config-{release}").read_bytes)
@@ -471,7 +473,8 @@ def _unpack(deb: Path, dest: Path, wanted: Sequence[str]) -> dict[str, Any]:
 
 
 def _load(flavor: str, package: str, root: Path, manifest: dict[str, Any]) -> GuestKernel:
-    depends = {k: tuple(v) for k, v in manifest["depends"].items()}
+    depends = {k.replace("-", "_"): tuple(d.replace("-", "_") for d in v)
+               for k, v in manifest["depends"].items()}
     return GuestKernel(
         flavor=flavor, package=package, release=str(manifest["release"]), root=root,
         modules={name: root / "modules" / f"{name}.ko" for name in depends},
@@ -491,7 +494,14 @@ def _cached(cache: Path, flavor: str, wanted: Sequence[str]) -> GuestKernel | No
     found = _manifest(cache, flavor)
     if found is None or not set(wanted) <= set(found[1].get("requested", ())):
         return None
-    return _load(flavor, found[0], cache / found[0], found[1])
+    kernel = _load(flavor, found[0], cache / found[0], found[1])
+    # Every module wanted needs its dependencies' files: caches written before dashed
+    # dependency names (libcurve25519-generic) were mapped lack some.
+    try:
+        order = kernel.load_order(wanted)
+    except GuestError:
+        return None
+    return kernel if all(kernel.modules[name].exists() for name in order) else None
 
 
 def _write_json(path: Path, value: object) -> None:
@@ -634,6 +644,30 @@ def build_initramfs(
             return out
     _atomic_write(out, image)
     return out
+
+
+_LDD_PATH = re.compile(r"(/\S+) \(0x[0-9a-f]+\)$|=> (/\S+) ")
+
+
+def host_programs(programs: Sequence[str], into: str = "/sbin") -> list[ExtraFile]:
+    """Host binaries (e.g. iproute2's ``ip`` and ``tc``) with every shared library they load.
+
+    Busybox's ``ip`` and ``tc`` lack most of what a full system has (``ip link add type
+    vxlan``, ``tc ... netem``); a guest that must behave like a full system gets the
+    host's own tools, under ``into`` (in place of the busybox applets of the same names).
+    """
+    files: dict[str, ExtraFile] = {}
+    for program in programs:
+        path = shutil.which(program)
+        if path is None:
+            raise GuestError(f"{program} is not installed on this machine")
+        files[f"{into}/{program}"] = ExtraFile.from_file(Path(path), f"{into}/{program}", 0o755)
+        for line in _run(["ldd", path]).splitlines():
+            found = _LDD_PATH.search(line.strip())
+            lib = found and (found[1] or found[2])
+            if lib and lib not in files:
+                files[lib] = ExtraFile(lib, Path(lib).resolve().read_bytes(), 0o755)
+    return list(files.values())
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -13,6 +13,7 @@ import asyncio
 import hmac
 import importlib.resources
 import json
+import re
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
@@ -23,8 +24,9 @@ from starlette.routing import BaseRoute, Route
 
 from fleetboot.errors import FleetbootError
 from fleetboot.inventory.service import NotFound, get_node
-from fleetboot.nodeconfig import store
-from fleetboot.nodeconfig.responder import Denied, Reply, client_address
+from fleetboot.nodeconfig import cloudinit, store
+from fleetboot.nodeconfig.responder import TOKEN_HEADER, Denied, Reply, client_address
+from fleetboot.nodeconfig.sections import APPLIED
 from fleetboot.nodeconfig.states import REPORTABLE, State
 from fleetboot.nodeconfig.timeline import EventRecord, boots, read_timeline
 
@@ -32,6 +34,8 @@ if TYPE_CHECKING:
     from fleetboot.nodeconfig.service import NodeConfigService
 
 MAX_REPORT_BYTES = 4096
+REPORT_PATH = "/v1/self/report"
+_RESULT = re.compile(r"\s*(ok|failed)\b[\s:]*(.*)", re.S)
 Handler = Callable[[Request], Awaitable[Response]]
 
 
@@ -71,6 +75,20 @@ async def _form(request: Request) -> dict[str, str]:
     return {k: v[-1] for k, v in parse_qs(text).items()}
 
 
+def parse_results(form: dict[str, str]) -> dict[str, tuple[bool, str]]:
+    """``{"mounts": "failed: no route"}`` -> ``{"mounts": (False, "no route")}``."""
+    results: dict[str, tuple[bool, str]] = {}
+    for section, text in form.items():
+        if section not in APPLIED:
+            raise ValueError(f"{section!r} is not a section the node applies; send "
+                             f"SECTION=ok or SECTION=failed: REASON for {', '.join(APPLIED)}")
+        found = _RESULT.fullmatch(text)
+        if found is None:
+            raise ValueError(f"{section}={text!r}: the result is 'ok' or 'failed: REASON'")
+        results[section] = (found[1] == "ok", found[2].strip()[:300])
+    return results
+
+
 class NodeConfigApi:
     def __init__(self, service: NodeConfigService) -> None:
         self.service = service
@@ -82,6 +100,9 @@ class NodeConfigApi:
             Route("/v1/self/config", self.self_config, methods=["GET", "HEAD"]),
             Route("/v1/self/config/{section}", self.self_config, methods=["GET", "HEAD"]),
             Route("/v1/self/state", self.self_state, methods=["POST"]),
+            Route(REPORT_PATH, self.self_report, methods=["POST"]),
+            Route(cloudinit.NOCLOUD_PATH + "{token}/{file}", self.nocloud,
+                  methods=["GET", "HEAD"]),
             Route("/v1/self/client.sh", self.client, methods=["GET", "HEAD"]),
             Route("/v1/admin/nodes", admin(self.nodes), methods=["GET"]),
             Route("/v1/admin/nodes/{name}", admin(self.node), methods=["GET"]),
@@ -125,6 +146,48 @@ class NodeConfigApi:
         self.service.report(docs.node_id, client_address(peer), state.value,
                             form.get("message", "")[:500])
         return JSONResponse({"node": docs.name, "state": state.value}, status_code=202)
+
+    async def self_report(self, request: Request) -> Response:
+        """What the node agent did with each section: ``interfaces=ok&mounts=failed: why``.
+
+        One request per boot carries every section's result; each becomes a
+        ``config/<section>`` event on the node's timeline (no state change: the
+        agent reports UP or FAILED itself, after weighing the required sections).
+        """
+        peer = _peer(request)
+        try:
+            docs, trusted, _ = self.service.responder.identify(peer, request.headers.raw)
+        except Denied as denied:
+            return _reply(denied.reply)
+        if not trusted:
+            return _error(401, "reporting results needs the per-boot token (X-Fleetboot-Token)")
+        try:
+            results = parse_results(await _form(request))
+        except ValueError as exc:
+            return _error(400, str(exc))
+        self.service.section_results(docs.node_id, client_address(peer), results)
+        return JSONResponse({"node": docs.name, "sections": sorted(results)}, status_code=202)
+
+    async def nocloud(self, request: Request) -> Response:
+        """cloud-init's NoCloud-net files, the per-boot token in the path (``s=`` cannot
+        carry a header): the same identity check as the configuration document."""
+        name = request.path_params["file"]
+        if name not in cloudinit.FILES:
+            return _error(404, f"no NoCloud file {name!r}; there are {', '.join(cloudinit.FILES)}")
+        token = request.path_params["token"]
+        headers = [(k, v) for k, v in request.headers.raw if k != TOKEN_HEADER]
+        headers.append((TOKEN_HEADER, token.encode("latin-1")))
+        peer = _peer(request)
+        try:
+            docs, _, _ = self.service.responder.identify(peer, headers)
+        except Denied as denied:
+            return _reply(denied.reply)
+        body = cloudinit.render(name, json.loads(docs.full.body), self.service.settings.base_url,
+                                token) or b""
+        self.service.nocloud_fetched(docs.node_id, client_address(peer), name, len(body))
+        return Response(b"" if request.method == "HEAD" else body, media_type="text/plain",
+                        headers={"content-length": str(len(body)),
+                                 "cache-control": "private, no-store"})
 
     async def client(self, request: Request) -> Response:
         body = b"" if request.method == "HEAD" else self._script

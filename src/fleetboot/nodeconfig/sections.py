@@ -221,13 +221,42 @@ class Package(_Item):
 
 
 class Tunnel(_Item):
+    """A tunnel. ``key``: the GRE key, the VXLAN id, or WireGuard's private key;
+    ``port``: VXLAN's UDP port or WireGuard's listen/peer port."""
+
     name: str
     type: Literal["gre", "gretap", "vxlan", "ipip", "wireguard"] = "gre"
     remote: IpAddress
-    local: str | None = None
+    local: OptionalIp = None
     key: str | None = None
     address: OptionalCidr = None
     mtu: int | None = Field(None, ge=576, le=65535)
+    port: int | None = Field(None, ge=1, le=65535)
+    peer_public_key: str | None = None  # WireGuard: the remote end's public key
+
+    @field_validator("name")
+    @classmethod
+    def _ifname(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,15}", v):
+            raise ValueError(f"tunnel name {v!r}: an interface name of 1-15 letters, "
+                             "digits, _ . -")
+        return v
+
+    @field_validator("key", "peer_public_key")
+    @classmethod
+    def _token(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9+/=._-]{1,64}", v):
+            raise ValueError("a tunnel key is one word (a number, or a base64 WireGuard key)")
+        return v
+
+    @model_validator(mode="after")
+    def _wireguard(self) -> Tunnel:
+        if self.type == "wireguard" and not (self.key and self.peer_public_key):
+            raise ValueError(f"tunnel {self.name}: wireguard needs key (this end's private "
+                             "key) and peer_public_key")
+        if self.type == "vxlan" and self.key is not None and not self.key.isdigit():
+            raise ValueError(f"tunnel {self.name}: a vxlan key is the VNI, a number")
+        return self
 
 
 class Shaping(_Item):
@@ -238,6 +267,21 @@ class Shaping(_Item):
     jitter_ms: float = Field(0, ge=0)
     loss_pct: float = Field(0, ge=0, le=100)
     rate_kbit: int | None = Field(None, ge=1)
+
+
+class Required(_Item):
+    """Sections whose failure fails the boot (others are reported and the boot goes on)."""
+
+    sections: list[str]
+
+    @field_validator("sections")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        unknown = [name for name in v if name not in _SPECS or name in _NOT_APPLIED]
+        if unknown:
+            raise ValueError(f"cannot require {', '.join(unknown)}: name sections the node "
+                             f"applies ({', '.join(APPLIED)})")
+        return sorted(set(v))
 
 
 class _Hostname(_Item):
@@ -260,7 +304,13 @@ _SPECS: dict[str, tuple[type[BaseModel] | None, bool, str]] = {
     "tunnels": (Tunnel, True, "tunnels to set up (secret: they carry keys)"),
     "shaping": (Shaping, True, "traffic shaping per interface"),
     "attributes": (None, False, "free-form attributes (merged over the node's own)"),
+    "required": (Required, False, "sections whose failure fails the boot (FAILED)"),
 }
+# Sections that are data for the node, not something its agent applies.
+_NOT_APPLIED = frozenset({"domain", "attributes", "required"})
+# What the node agent applies, in this order (fleetboot-client.sh keeps the same list).
+APPLIED: tuple[str, ...] = ("hostname", "interfaces", "routes", "hosts", "accounts", "files",
+                            "mounts", "tunnels", "shaping", "tarballs", "packages", "startup")
 
 SECTIONS: tuple[str, ...] = tuple(_SPECS)
 # Served only to requests that carry the node's per-boot token (like IMDSv2).
@@ -299,6 +349,8 @@ def validate_section(section: str, value: Any) -> Any:
         return value
     if model is _Hostname:
         return _validate_item(_Hostname, {"value": value}, f"section {section}")["value"]
+    if model is Required:
+        return _validate_item(Required, {"sections": value}, f"section {section}")["sections"]
     if not is_list:
         return _validate_item(model, value, f"section {section}")
     if not isinstance(value, list):

@@ -31,6 +31,7 @@ from starlette.routing import BaseRoute
 from starlette.types import ASGIApp
 
 from fleetboot.inventory.db import Database
+from fleetboot.nodeconfig import cloudinit
 from fleetboot.nodeconfig.documents import DocumentCache, View
 from fleetboot.nodeconfig.fastpath import ConfigFastPath, uvicorn_protocol
 from fleetboot.nodeconfig.render import NodeDocuments
@@ -84,6 +85,9 @@ class NodeConfigSettings:
     token_ttl_s: float = 7 * 86400.0
     token_grace_s: float = 300.0  # the previous boot's token lives on this long
     add_client_hook: bool = True  # put fleetboot.hook=<client URL> on the command line
+    # Point cloud-init at Fleetboot (ds=nocloud-net;s=...) on every node's command line;
+    # without it, only nodes whose attributes say cloud_init: true get it.
+    cloud_init: bool = False
     fleet_hosts: bool = False  # add every reserved node to each document's hosts
     timeouts: Mapping[State, float] = field(default_factory=lambda: dict(DEFAULT_TIMEOUTS))
     retention: Retention = field(default_factory=Retention)
@@ -316,6 +320,23 @@ class NodeConfigService:
                           {"state": state, "message": message})
         self._pending.append((node_id, event))
 
+    def nocloud_fetched(self, node_id: int, address: str, name: str, size: int) -> None:
+        """cloud-init read a NoCloud file: a configuration fetch on the node's timeline."""
+        self._pending.append((node_id, BootEvent(
+            self.clock(), "config", "config", None, address or None,
+            {"status": 200, "section": f"nocloud/{name}", "bytes": size})))
+
+    def section_results(self, node_id: int, address: str,
+                        results: Mapping[str, tuple[bool, str]]) -> None:
+        """The node agent's verdict per section: one ``config/<section>`` event each."""
+        at = self.clock()
+        for section, (ok, reason) in results.items():
+            detail = {"result": "ok" if ok else "failed"}
+            if reason:
+                detail["reason"] = reason
+            self._pending.append((node_id, BootEvent(at, "node", f"config/{section}", None,
+                                                     address or None, detail)))
+
     # --- the iPXE script's kernel command line -------------------------------------------
 
     def cmdline_hook(self, node: _HasId | None, mac: str | None, address: str) -> str:
@@ -330,7 +351,14 @@ class NodeConfigService:
         args = [f"fleetboot.url={base}", f"fleetboot.token={raw}"]
         if self.settings.add_client_hook:
             args.append(f"fleetboot.hook={base}{CLIENT_PATH}")
+        if self.settings.cloud_init or self._wants_cloud_init(node.id):
+            args.append(cloudinit.kernel_arg(base, raw))
         return " ".join(args)
+
+    def _wants_cloud_init(self, node_id: int) -> bool:
+        docs = self.view.by_id.get(node_id)
+        raw = docs.raw.get("attributes") if docs is not None else None
+        return raw is not None and json.loads(raw).get("cloud_init") is True
 
     # --- HTTP ----------------------------------------------------------------------------
 
