@@ -13,7 +13,6 @@ PKGS=(
   postgresql
   libvirt-clients libxml2-utils libvirt-daemon libvirt-dev pkg-config
   openipmi ipmitool apache2-utils openssl
-  libvirt-clients libxml2-utils
   debootstrap e2fsprogs wireguard-tools
 )
 missing=()
