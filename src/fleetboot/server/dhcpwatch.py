@@ -34,6 +34,7 @@ from fleetboot.server.events import BootEvent, EventSink
 log = logging.getLogger("fleetboot.dhcp.watch")
 
 ETH_P_IP = 0x0800
+ETH_P_ALL = 0x0003  # only "all protocols" sockets also see frames this host sends
 SO_ATTACH_FILTER = 26
 BURST = 256
 # Classic BPF: IPv4, UDP, not a fragment, source port 67, destination port 68.
@@ -122,7 +123,9 @@ def watch_socket(ifname: str) -> socket.socket:
         buf, fprog = _filter_program()
         sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
         del buf  # the kernel copied the program
-        sock.bind((ifname, ETH_P_IP))
+        # ETH_P_ALL, not ETH_P_IP: a site server on this host sends its replies out of
+        # the interface, and the kernel shows outgoing frames to ETH_P_ALL sockets only.
+        sock.bind((ifname, ETH_P_ALL))
         sock.setblocking(False)
     except OSError:
         sock.close()
