@@ -24,10 +24,13 @@ from fleetboot.identity.neighbours import (
     NLMSGHDR,
     RTATTR,
     RTM_NEWNEIGH,
+    RTMSG,
     NeighbourDecodeError,
     get_request,
     parse_proc_arp,
     parse_reply,
+    parse_route,
+    route_request,
 )
 from fleetboot.protocols.dhcp import options as o
 from fleetboot.protocols.dhcp.codec import DhcpPacket, encode
@@ -176,10 +179,34 @@ def test_neighbour_get_round_trip() -> None:
     assert parse_reply(enoent, 7) is None
 
 
+def _route(seq: int, oif: int, gateway: str | None, kind: int = 1) -> bytes:
+    attrs = RTATTR.pack(8, 4) + struct.pack("=I", oif)
+    if gateway:
+        attrs += RTATTR.pack(8, 5) + socket.inet_aton(gateway)
+    body = RTMSG.pack(socket.AF_INET, 32, 0, 0, 254, 0, 0, kind, 0) + attrs
+    return NLMSGHDR.pack(NLMSGHDR.size + len(body), 24, 0, seq, 0) + body
+
+
+def test_a_peer_behind_a_gateway_is_not_on_the_link() -> None:
+    """The storm's nodes (and a relay's clients) are reached through a router: their
+    neighbour entry would be the router's, so they are not checked against it."""
+    assert NLMSGHDR.unpack_from(route_request(4, X))[1] == 26
+    direct = parse_route(_route(4, 3, None), 4)
+    assert direct is not None and direct.direct_on([3]) and not direct.direct_on([5])
+    routed = parse_route(_route(4, 3, "10.0.0.2"), 4)
+    assert routed is not None and not routed.direct_on([3])
+    local = parse_route(_route(4, 1, None, kind=2), 4)
+    assert local is not None and not local.direct_on([1])
+    unreachable = NLMSGHDR.pack(NLMSGHDR.size + 4, 2, 0, 4, 0) + struct.pack("=i", -101)
+    assert parse_route(unreachable, 4) is None
+
+
 @given(st.binary(max_size=200), st.integers(0, 10))
 def test_neighbour_replies_never_raise_anything_but_decode_errors(data: bytes, seq: int) -> None:
     with contextlib.suppress(NeighbourDecodeError, OSError):
         parse_reply(data, seq)
+    with contextlib.suppress(NeighbourDecodeError, OSError):
+        parse_route(data, seq)
 
 
 def test_proc_arp_keeps_complete_entries_of_the_serving_interfaces() -> None:

@@ -16,14 +16,20 @@ import logging
 import socket
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 NETLINK_ROUTE = 0
 RTM_NEWNEIGH, RTM_GETNEIGH = 28, 30
+RTM_NEWROUTE, RTM_GETROUTE = 24, 26
+RTA_DST, RTA_OIF, RTA_GATEWAY = 1, 4, 5
+RTN_UNICAST = 1
+RTMSG = struct.Struct("=BBBBBBBBI")
 NLMSG_ERROR = 2
 NLM_F_REQUEST = 1
 NDA_DST, NDA_LLADDR = 1, 2
@@ -49,6 +55,76 @@ def get_request(seq: int, ifindex: int, address: str) -> bytes:
     return NLMSGHDR.pack(NLMSGHDR.size + len(body), RTM_GETNEIGH, NLM_F_REQUEST, seq, 0) + body
 
 
+def route_request(seq: int, address: str) -> bytes:
+    """An ``RTM_GETROUTE`` get: how would the kernel reach ``address``?"""
+    attr = RTATTR.pack(8, RTA_DST) + socket.inet_aton(address)
+    body = RTMSG.pack(socket.AF_INET, 32, 0, 0, 0, 0, 0, 0, 0) + attr
+    return NLMSGHDR.pack(NLMSGHDR.size + len(body), RTM_GETROUTE, NLM_F_REQUEST, seq, 0) + body
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    kind: int  # rtm_type: RTN_UNICAST for a peer reached through an interface
+    oif: int
+    gateway: str | None  # None: the peer is on the link of ``oif``
+
+    def direct_on(self, indexes: Sequence[int]) -> bool:
+        return self.kind == RTN_UNICAST and self.gateway is None and self.oif in indexes
+
+
+def parse_route(data: bytes, seq: int) -> Route | None:
+    """The route in a reply to :func:`route_request` (None: unreachable)."""
+    body = _answer(data, seq, RTM_NEWROUTE)
+    if body is None:
+        return None
+    if len(body) < RTMSG.size:
+        raise NeighbourDecodeError("short rtmsg")
+    kind = RTMSG.unpack_from(body)[7]
+    oif, gateway = 0, None
+    for attr, value in _attributes(body, RTMSG.size):
+        if attr == RTA_OIF and len(value) == 4:
+            oif = struct.unpack("=I", value)[0]
+        elif attr == RTA_GATEWAY and len(value) == 4:
+            gateway = socket.inet_ntoa(value)
+    return Route(kind, oif, gateway)
+
+
+def _answer(data: bytes, seq: int, kind_wanted: int) -> bytes | None:
+    """The body of the answer to request ``seq`` (None for ENOENT/unreachable)."""
+    pos = 0
+    while pos + NLMSGHDR.size <= len(data):
+        length, kind, _flags, got_seq, _pid = NLMSGHDR.unpack_from(data, pos)
+        if length < NLMSGHDR.size or pos + length > len(data):
+            raise NeighbourDecodeError(f"netlink message length {length} out of range")
+        body = data[pos + NLMSGHDR.size: pos + length]
+        pos += (length + 3) & ~3
+        if got_seq != seq:
+            continue
+        if kind == NLMSG_ERROR:
+            if len(body) < 4:
+                raise NeighbourDecodeError("short netlink error message")
+            errno = -struct.unpack_from("=i", body)[0]
+            if errno == 0:
+                continue
+            if errno in (2, 101, 113):  # ENOENT, ENETUNREACH, EHOSTUNREACH
+                return None
+            raise OSError(errno, f"netlink get failed ({errno})")
+        if kind == kind_wanted:
+            return body
+    raise NeighbourDecodeError("no answer to the request in the reply")
+
+
+def _attributes(body: bytes, pos: int) -> list[tuple[int, bytes]]:
+    out = []
+    while pos + RTATTR.size <= len(body):
+        size, kind = RTATTR.unpack_from(body, pos)
+        if size < RTATTR.size or pos + size > len(body):
+            raise NeighbourDecodeError(f"attribute length {size} out of range")
+        out.append((kind, body[pos + RTATTR.size: pos + size]))
+        pos += (size + 3) & ~3
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
     address: str
@@ -61,45 +137,18 @@ def parse_reply(data: bytes, seq: int) -> Entry | None:
 
     Raises :class:`NeighbourDecodeError` on anything malformed or unexpected.
     """
-    pos = 0
-    while pos + NLMSGHDR.size <= len(data):
-        length, kind, _flags, got_seq, _pid = NLMSGHDR.unpack_from(data, pos)
-        if length < NLMSGHDR.size or pos + length > len(data):
-            raise NeighbourDecodeError(f"netlink message length {length} out of range")
-        body = data[pos + NLMSGHDR.size: pos + length]
-        pos += (length + 3) & ~3
-        if got_seq != seq:
-            continue  # a late answer to an earlier question
-        if kind == NLMSG_ERROR:
-            if len(body) < 4:
-                raise NeighbourDecodeError("short netlink error message")
-            errno = -struct.unpack_from("=i", body)[0]
-            if errno == 0:
-                continue
-            if errno == 2:  # ENOENT: no entry
-                return None
-            raise OSError(errno, f"netlink neighbour get failed ({errno})")
-        if kind == RTM_NEWNEIGH:
-            return _entry(body)
-    raise NeighbourDecodeError("no answer to the neighbour request in the reply")
-
-
-def _entry(body: bytes) -> Entry:
+    body = _answer(data, seq, RTM_NEWNEIGH)
+    if body is None:
+        return None
     if len(body) < NDMSG.size:
         raise NeighbourDecodeError("short ndmsg")
     state = NDMSG.unpack_from(body)[4]
     dst = lladdr = None
-    pos = NDMSG.size
-    while pos + RTATTR.size <= len(body):
-        size, kind = RTATTR.unpack_from(body, pos)
-        if size < RTATTR.size or pos + size > len(body):
-            raise NeighbourDecodeError(f"attribute length {size} out of range")
-        value = body[pos + RTATTR.size: pos + size]
+    for kind, value in _attributes(body, NDMSG.size):
         if kind == NDA_DST and len(value) == 4:
             dst = socket.inet_ntoa(value)
         elif kind == NDA_LLADDR and len(value) == 6:
             lladdr = value.hex(":")
-        pos += (size + 3) & ~3
     if dst is None:
         raise NeighbourDecodeError("neighbour entry without an IPv4 destination")
     usable = lladdr is not None and state & USABLE and lladdr != "00:00:00:00:00:00"
@@ -163,12 +212,19 @@ class NeighbourTable:
                 self._networks.append(net)
 
     def on_link(self, address: str) -> bool:
-        """Is ``address`` on the subnet of a serving interface (no router between)?"""
+        """Does the kernel reach ``address`` directly through a serving interface (no
+        gateway between)? Asked of the kernel's own routing (one netlink get); the
+        serving interfaces' subnets answer where that fails."""
         try:
             ip = ipaddress.IPv4Address(address)
         except ValueError:
             return False
-        return any(ip in net for net in self._networks)
+        try:
+            route = self._netlink(route_request, parse_route, address)
+        except (OSError, NeighbourDecodeError):
+            self.counters["netlink_errors"] += 1
+            return any(ip in net for net in self._networks)
+        return route is not None and route.direct_on(self._indexes)
 
     def lookup(self, address: str) -> str | None:
         """The MAC the kernel uses for ``address`` on a serving interface, if any."""
@@ -189,21 +245,26 @@ class NeighbourTable:
         return None
 
     def _get(self, index: int, address: str) -> Entry | None:
+        return self._netlink(lambda seq, addr: get_request(seq, index, addr), parse_reply,
+                             address)
+
+    def _netlink(self, build: Callable[[int, str], bytes], parse: Callable[[bytes, int], T],
+                 address: str) -> T:
         sock = self._sock
         if sock is None:
             sock = self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
             sock.bind((0, 0))
         seq = next(self._seq) & 0xFFFFFFFF
-        sock.send(get_request(seq, index, address))
+        sock.send(build(seq, address))
         while True:
             # The kernel answered inside send(): the reply is already queued.
             data = sock.recv(65536, socket.MSG_DONTWAIT)
             try:
-                return parse_reply(data, seq)
+                return parse(data, seq)
             except NeighbourDecodeError:
-                if NLMSGHDR.unpack_from(data)[3] == seq:
+                if len(data) < NLMSGHDR.size or NLMSGHDR.unpack_from(data)[3] == seq:
                     raise  # our own answer, malformed
-                # a stale reply to an earlier get that timed out: read on
+                # a stale reply to an earlier get that failed: read on
 
     def _from_proc(self, address: str) -> str | None:
         at, table = self._proc
