@@ -123,7 +123,14 @@ def test_proxy_mode_binds_the_link_mac_the_dhcp_traffic_tied_to_the_address() ->
     stolen = decide(Evidence(X, proxy=True, link_mac=A, seen=seen))
     assert stolen.mac is None and stolen.reason == "link_mismatch"
     routed = decide(Evidence(X, proxy=True, on_link=False, seen=seen))
-    assert routed.mac is None and routed.reason == "routed"
+    assert routed.mac is None and routed.reason == "routed"  # an ACK can be forged from afar
+    # The machine's own broadcast from 0.0.0.0 can only come from the link.
+    own = LinkBook().saw(REQUESTED, B, X, 1.0, from_link=True)
+    assert decide(Evidence(X, proxy=True, on_link=False, seen=own)).mac == B
+    again = LinkBook()
+    again.saw(REQUESTED, B, X, 1.0, from_link=True)
+    assert again.saw(ACKNOWLEDGED, B, X, 2.0).from_link  # kept for the same MAC
+    assert not again.saw(REQUESTED, A, X, 3.0).from_link  # not for another one
 
 
 def test_the_url_claim_must_agree() -> None:
@@ -136,11 +143,13 @@ def test_the_url_claim_must_agree() -> None:
 
 
 @given(st.booleans(), st.booleans(), st.booleans(), st.one_of(st.none(), macs),
-       st.one_of(st.none(), macs), st.one_of(st.none(), macs), st.one_of(st.none(), macs))
+       st.one_of(st.none(), macs), st.one_of(st.none(), macs), st.one_of(st.none(), macs),
+       st.booleans())
 def test_a_verdict_never_names_a_mac_the_evidence_contradicts(
         proxy: bool, local: bool, on_link: bool, link: str | None, lease: str | None,
-        seen_mac: str | None, claim: str | None) -> None:
-    seen = LinkBook().saw(REQUESTED, seen_mac, X, 0.0) if seen_mac else None
+        seen_mac: str | None, claim: str | None, from_link: bool) -> None:
+    seen = LinkBook().saw(REQUESTED, seen_mac, X, 0.0, from_link=from_link) \
+        if seen_mac else None
     v = decide(Evidence(X, proxy, local, on_link, link, lease, seen, claim))
     if v.mac is None:
         return
@@ -150,8 +159,8 @@ def test_a_verdict_never_names_a_mac_the_evidence_contradicts(
         assert link == v.mac
     if claim is not None:
         assert claim == v.mac
-    if proxy and not local:
-        assert on_link
+    if proxy and not local and not on_link:
+        assert seen is not None and seen.from_link
 
 
 # --- the neighbour table codec -------------------------------------------------------

@@ -17,7 +17,7 @@ import typer
 
 from fleetboot.cli.common import console, fail, friendly_errors
 from fleetboot.storm.fleetboot_stack import parse_settings
-from fleetboot.storm.plan import STACKS, KiB, MiB, Payload, StackKind, Timing, make_plan
+from fleetboot.storm.plan import ALL_STACKS, STACKS, KiB, MiB, Payload, StackKind, Timing, make_plan
 from fleetboot.storm.report import draw, print_report
 from fleetboot.storm.runner import StackRun, run_storm
 
@@ -28,8 +28,8 @@ app = typer.Typer(help="Boot storms: many simulated machines PXE-booting at once
 def _kinds(stack: list[str]) -> tuple[StackKind, ...]:
     kinds: list[StackKind] = []
     for name in stack or list(STACKS):
-        if name not in STACKS:
-            raise fail(f"unknown stack {name!r}; choose from {', '.join(STACKS)}")
+        if name not in ALL_STACKS:
+            raise fail(f"unknown stack {name!r}; choose from {', '.join(ALL_STACKS)}")
         kinds.append(name)
     return tuple(kinds)
 

@@ -33,6 +33,9 @@ class Binding:
     server: str | None  # the DHCP server the client chose or that acknowledged
     seen: float
     until: float
+    # Learned from the client's own broadcast sent from 0.0.0.0: it can only have
+    # come from the served link (nothing routes 0.0.0.0), so no one off the link made it.
+    from_link: bool = False
 
 
 class LinkBook:
@@ -54,15 +57,18 @@ class LinkBook:
         return len(self._by_addr)
 
     def saw(self, how: str, mac: str, address: str, now: float, server: str | None = None,
-            lease_s: float = 0.0) -> Binding:
+            lease_s: float = 0.0, from_link: bool = False) -> Binding:
         """Record a sighting; returns the binding now in force for ``address``."""
         old = self._by_addr.pop(address, None)
         if old is not None and old.mac != mac:
             self.counters["moved"] += 1
-        elif old is not None and how == REQUESTED and old.how != REQUESTED:
-            how, server = old.how, server or old.server  # a renewal keeps what was proven
+        elif old is not None:
+            from_link = from_link or old.from_link
+            if how == REQUESTED and old.how != REQUESTED:
+                how, server = old.how, server or old.server  # a renewal keeps what was proven
         self.counters[how.replace("-", "_")] += 1
-        binding = Binding(address, mac, how, server, now, now + max(self.hold_s, lease_s))
+        binding = Binding(address, mac, how, server, now, now + max(self.hold_s, lease_s),
+                          from_link)
         self._by_addr[address] = binding
         while len(self._by_addr) > self.limit:
             self._by_addr.popitem(last=False)
@@ -139,10 +145,14 @@ def decide(e: Evidence) -> Verdict:
     if e.local:
         return Verdict(expected, "local") if expected else _nothing(e)
     if not e.on_link:
-        if e.proxy:
-            return Verdict(None, "routed", f"{e.address} is not on a served link; in proxy "
-                           "mode Fleetboot identifies only machines on its own links")
-        return Verdict(e.lease_mac, "routed_lease") if e.lease_mac else _nothing(e)
+        # Reached through a router: its neighbour entry is the router's, nothing to check.
+        if not e.proxy:
+            return Verdict(e.lease_mac, "routed_lease") if e.lease_mac else _nothing(e)
+        if e.seen is not None and e.seen.from_link:
+            return Verdict(e.seen.mac, "routed_seen")
+        return Verdict(None, "routed", f"{e.address} is reached through a router and no "
+                       "DHCP broadcast of the machine itself tied it to a MAC on a served "
+                       "link; in proxy mode Fleetboot identifies only what it saw there")
     if e.link_mac is None:
         return Verdict(None, "no_link_address", f"the kernel holds no link-layer address for "
                        f"{e.address}; the machine must talk to the server directly")

@@ -195,7 +195,7 @@ class DhcpEngine:
         if self.settings.proxy:
             if mt == o.DISCOVER:
                 return self._proxy_offer(pkt, mac, sid, local, now)
-            self._observe(pkt, mt, mac, now)
+            self._observe(pkt, mt, mac, now, source)
             return None
         if mt == o.DISCOVER:
             return self._discover(pkt, mac, sid, local, now)
@@ -450,7 +450,8 @@ class DhcpEngine:
 
     # --- proxyDHCP --------------------------------------------------------------------------------
 
-    def _observe(self, pkt: DhcpPacket, mt: int, mac: bytes, now: float) -> None:
+    def _observe(self, pkt: DhcpPacket, mt: int, mac: bytes, now: float,
+                 source: tuple[str, int] | None) -> None:
         """Proxy mode: note which address a client asks the site's server for (identity)."""
         book = self.book
         if book is None:
@@ -459,8 +460,9 @@ class DhcpEngine:
             addr = _addr(pkt.options.get(o.REQUESTED_ADDRESS)) or pkt.ciaddr
             if addr:
                 server = _addr(pkt.options.get(o.SERVER_ID))
+                from_link = not pkt.giaddr and source is not None and source[0] == "0.0.0.0"
                 book.saw(REQUESTED, o.mac_text(mac), self._text(addr), now,
-                         self._text(server) if server else None)
+                         self._text(server) if server else None, from_link=from_link)
                 self._count("observed.request")
         elif mt == o.RELEASE and pkt.ciaddr:
             book.drop(o.mac_text(mac), self._text(pkt.ciaddr))
