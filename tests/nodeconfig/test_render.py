@@ -146,6 +146,14 @@ def test_the_waterfall_shows_gaps_retransmissions_and_durations() -> None:
     assert waterfall([]) == []
 
 
+def test_the_waterfall_names_the_site_dhcp_server_in_proxy_mode() -> None:
+    """Issue 21: which server answered what (the site server's ACK seen on the link)."""
+    rows = waterfall([_E(0, "REQUEST", dir="rx", server_id="10.0.0.254"),
+                      _E(0.1, "ACK", dir="seen", server="10.0.0.254")])
+    assert "to server 10.0.0.254" in rows[0].note
+    assert "from site server 10.0.0.254" in rows[1].note
+
+
 @given(st.lists(st.tuples(st.floats(0, 1e5), st.floats(0, 100)), min_size=1, max_size=30),
        st.integers(5, 80))
 def test_waterfall_bars_fit_and_rows_are_in_time_order(events: list[tuple[float, float]],
