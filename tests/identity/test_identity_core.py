@@ -257,3 +257,47 @@ def test_an_ack_seen_binds_and_a_nak_drops() -> None:
 def test_frames_never_raise(frame: bytes) -> None:
     parse_frame(frame)
     parse_frame(b"\0" * 12 + b"\x08\x00" + frame)
+
+
+# --- the resolver (evidence gathering) ---------------------------------------------------
+
+
+class _Neighbours:
+    def __init__(self, table: dict[str, str], routed: frozenset[str] = frozenset()) -> None:
+        self.table, self.routed = table, routed
+
+    def lookup(self, address: str) -> str | None:
+        return self.table.get(address)
+
+    def on_link(self, address: str) -> bool:
+        return address not in self.routed
+
+
+class _Leases:
+    def __init__(self, table: dict[str, str]) -> None:
+        self.table = table
+
+    def mac_for_address(self, address: str) -> str | None:
+        return self.table.get(address)
+
+
+def test_the_resolver_gathers_the_evidence_and_counts_verdicts() -> None:
+    from fleetboot.identity.resolver import IdentityResolver
+
+    leases = _Leases({X: B, "127.0.0.1": B, "10.9.0.5": A})
+    neigh = _Neighbours({X: A}, routed={"10.9.0.5"})
+    normal = IdentityResolver(proxy=False, leases=leases, book=LinkBook(), neighbours=neigh,
+                              clock=lambda: 5.0)
+    assert normal.mac_for_address(X) is None and "link_mismatch" in str(normal.counters)
+    assert normal.mac_for_address("::ffff:127.0.0.1") == B  # loopback: the lease alone
+    assert normal.mac_for_address("10.9.0.5") == A  # routed: the lease alone
+    assert normal.identify("127.0.0.1", "not-a-mac").reason == "claim_mismatch"
+    neigh.table[X] = B
+    assert normal.identify(X, B.upper()).mac == B
+    book = LinkBook()
+    proxy = IdentityResolver(proxy=True, leases=leases, book=book, neighbours=neigh,
+                             clock=lambda: 5.0)
+    assert proxy.mac_for_address(X) is None and "no DHCP exchange" in proxy.explain(X)
+    book.saw(REQUESTED, B, X, 4.0)
+    assert proxy.mac_for_address(X) == B
+    assert proxy.counters == {"refused.not_seen": 2, "ok.link_seen": 1}
