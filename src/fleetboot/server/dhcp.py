@@ -290,7 +290,7 @@ class DhcpService:
         self.neighbours = NeighbourTable(names)
         own = {ip_text(lst.local) for lst in self.listeners if lst.local}
         self.resolver = IdentityResolver(
-            proxy=self.settings.proxy, leases=_OwnLeases(self.leases), book=self.book,
+            proxy=self.settings.proxy, leases=OwnLeases(self.leases), book=self.book,
             neighbours=self.neighbours, local_addresses=lambda: own)
         self.metrics.register("identity", self.resolver.counters)
         if self.settings.proxy:
@@ -435,7 +435,7 @@ class DhcpService:
         self._rlog.warning(reason, "DHCP message dropped (%s): %s", reason, detail)
 
 
-class _OwnLeases:
+class OwnLeases:
     """Fleetboot's own current leases: bound and unexpired (identity evidence)."""
 
     def __init__(self, leases: LeaseTable) -> None:
