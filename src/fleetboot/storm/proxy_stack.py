@@ -1,8 +1,11 @@
 """The proxy-mode stack: the site's classic DHCP server plus Fleetboot as proxyDHCP.
 
-dnsmasq hands out the addresses (the same per-MAC ``dhcp-host`` lines as the
-classic stack, and nothing about booting), as a site DHCP server that belongs
-to another team would; ``fleetboot serve`` with ``dhcp.proxy: true`` answers
+The site server hands out the addresses (a reservation per MAC, as the classic
+stack's ``dhcp-host`` lines, and nothing about booting), as a DHCP server that
+belongs to another team would: ISC Kea (``site="kea"``, the default where it is
+installed; memfile leases, persisted) or dnsmasq (``site="dnsmasq"``, the
+classic stack's server, which cannot answer 1,000 machines at once by itself:
+see docs/benchmarks.md). ``fleetboot serve`` with ``dhcp.proxy: true`` answers
 the boot clients' DISCOVERs with boot information only and serves TFTP, HTTP
 and the node configuration. The simulated firmware waits for both offers
 (``dhcpc.obtain_lease(proxy=True)``); every node is identified by what
@@ -11,43 +14,111 @@ Fleetboot saw of it on the link (``fleetboot.identity``).
 
 from __future__ import annotations
 
+import ipaddress
+import json
+import os
+import shutil
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from fleetboot.lab.netns import stop_process
+from fleetboot.lab.netns import Namespace, run, stop_process, unique_name
 from fleetboot.storm.fleetboot_stack import FleetbootStack
 from fleetboot.storm.stacks import _last, wait_listening
 from fleetboot.storm.topology import StormNet
+
+KEA = "kea-dhcp4"
+
+
+def site_host(net: StormNet, address: str) -> Namespace:
+    """A namespace for the site's DHCP server, joined to the storm bridge by a veth."""
+    ns = Namespace.create("fbsk")
+    outer, inner = unique_name("vsk"), unique_name("vsi")
+    try:
+        run(["ip", "link", "add", outer, "type", "veth", "peer", "name", inner])
+        run(["ip", "link", "set", outer, "netns", net.server.name])
+        run(["ip", "link", "set", inner, "netns", ns.name])
+        net.server.ip("link", "set", outer, "master", net.bridge)
+        net.server.ip("link", "set", outer, "up")
+        ns.ip("link", "set", inner, "name", "site0")
+        ns.ip("link", "set", "site0", "up")
+        ns.ip("addr", "add", f"{address}/{net.network.prefix}", "dev", "site0")
+    except Exception:
+        ns.delete()
+        raise
+    return ns
 
 
 @dataclass
 class ProxyStack(FleetbootStack):
     kind: str = "proxy"
+    site: str = field(default_factory=lambda: "kea" if shutil.which(KEA) else "dnsmasq")
     _site: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    _site_ns: Namespace | None = field(default=None, repr=False)
 
     def start(self, net: StormNet) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        log = self.workdir / "site-dnsmasq.log"
-        with log.open("wb") as out:
-            self._site = net.server.popen(self._site_argv(net), stdout=out,
-                                          stderr=subprocess.STDOUT)
-        wait_listening(net, self._site, log, udp=(67,))
         try:
+            self._start_site(net)
             super().start(net)
         except BaseException:
             self.stop()
             raise
 
+    def _start_site(self, net: StormNet) -> None:
+        log = self.workdir / f"site-{self.site}.log"
+        where = net
+        if self.site == "kea":
+            # Kea cannot share port 67 of one host with another server, and a site's
+            # server is another host anyway: its own namespace on the boot network.
+            self._site_ns = site_host(net, self._site_address())
+            where = replace(net, server=self._site_ns)
+            argv = self._kea_argv(net)
+        else:
+            argv = self._site_argv(net)
+        env = {**os.environ, "KEA_LOCKFILE_DIR": str(self.workdir),
+               "KEA_PIDFILE_DIR": str(self.workdir)}
+        with log.open("wb") as out:
+            self._site = where.server.popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                            env=env)
+        wait_listening(where, self._site, log, udp=(67,))
+
+    def _site_address(self) -> str:
+        return str(ipaddress.ip_address(self.plan.network.client_ip) + 1)
+
     def stop(self) -> None:
         super().stop()
         stop_process(self._site)
         self._site = None
+        if self._site_ns is not None:
+            self._site_ns.delete()
+            self._site_ns = None
 
     def settings(self, net: StormNet) -> dict[str, Any]:
         settings = super().settings(net)
         settings.setdefault("dhcp", {})["proxy"] = True
         return settings
+
+    def _kea_argv(self, net: StormNet) -> list[str]:
+        nw = self.plan.network
+        first = min(self.plan.nodes, key=lambda x: x.index).address
+        config = {"Dhcp4": {
+            "interfaces-config": {"interfaces": ["site0"], "dhcp-socket-type": "raw"},
+            "lease-database": {"type": "memfile", "persist": True, "lfc-interval": 0,
+                               "name": str(self.workdir / "site-kea-leases.csv")},
+            "valid-lifetime": 3600, "authoritative": True,
+            "subnet4": [{
+                "id": 1, "subnet": nw.cidr,
+                "pools": [{"pool": f"{first} - {_last(nw.node_net)}"}],
+                "reservations": [{"hw-address": x.mac, "ip-address": x.address}
+                                 for x in self.plan.nodes],
+            }],
+            "loggers": [{"name": "kea-dhcp4", "severity": "WARN", "output_options": [
+                {"output": str(self.workdir / "site-kea.out")}]}],
+        }}
+        path = self.workdir / "site-kea.json"
+        path.write_text(json.dumps(config, indent=1))
+        return [KEA, "-c", str(path)]
 
     def _site_argv(self, net: StormNet) -> list[str]:
         nw, n = self.plan.network, self.plan.n
