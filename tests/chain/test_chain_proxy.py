@@ -20,7 +20,6 @@ import base64
 import hashlib
 import json
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +37,10 @@ from chain_helpers import (
     wait_until,
 )
 
-from fleetboot.inventory.db import Database
-from fleetboot.inventory.models import Lease
 from fleetboot.lab import guest, qemu
 from fleetboot.lab.fleet import FleetbootServer, image_path
 from fleetboot.lab.netns import Lab
-from fleetboot.lab.sitedhcp import SiteDhcp, have_dnsmasq
+from fleetboot.lab.sitedhcp import SiteDhcp, have_dnsmasq, stale_lease_database
 
 pytestmark = [
     pytest.mark.qemu, pytest.mark.netns, pytest.mark.slow,
@@ -102,19 +99,6 @@ def _setup() -> list[list[str]]:
     return [["config", "set", node_name(fw), "files", json.dumps([item])] for fw in FIRMWARES]
 
 
-def _stale_lease_db(work: Path) -> str:
-    work.mkdir(parents=True, exist_ok=True)
-    url = f"sqlite:///{work}/fleetboot.db"
-    db = Database(url)
-    db.create_schema()
-    now = datetime.now(UTC)
-    with db.session() as s:
-        s.add(Lease(address=STALE_ADDRESS, mac=MACS["bios"], starts=now,
-                    expires=now + timedelta(hours=1)))
-    db.dispose()
-    return url
-
-
 def _all_events(server: FleetbootServer, node: str) -> list[Event]:
     last = max((e["boot"] for e in server.timeline(node)), default=1)
     return [e for boot in range(1, last + 1) for e in server.timeline(node, boot)]
@@ -135,7 +119,8 @@ def _run(kernel: guest.GuestKernel, work: Path) -> dict[str, Any]:
             server = FleetbootServer.start(
                 lab, work / "server", _inventory(paths["vmlinuz"], paths["initrd.img"]),
                 images=sources, setup=_setup(), config={"dhcp": {"proxy": True}},
-                database_url=_stale_lease_db(work / "server"))
+                database_url=stale_lease_database(work / "server", STALE_ADDRESS,
+                                                  MACS["bios"]))
             specs = [qemu.VmSpec("proxy-bios", nics=(qemu.NicSpec(MACS["bios"], bootindex=1),),
                                  no_reboot=True),
                      qemu.VmSpec("proxy-uefi", firmware="uefi", no_reboot=True,

@@ -17,18 +17,21 @@ import json
 import re
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from fleetboot.inventory.db import Database
-from fleetboot.inventory.models import Lease
 from fleetboot.lab import netns
 from fleetboot.lab.fleet import FleetbootServer, image_path, parse_timeline
 from fleetboot.lab.netns import Lab
-from fleetboot.lab.sitedhcp import Machine, SiteDhcp, have_dnsmasq, neighbour_mac
+from fleetboot.lab.sitedhcp import (
+    Machine,
+    SiteDhcp,
+    have_dnsmasq,
+    neighbour_mac,
+    stale_lease_database,
+)
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(180)]
 
@@ -168,26 +171,13 @@ def _all_events(server: FleetbootServer, node: str) -> list[dict[str, Any]]:
     return [e for boot in range(1, last + 1) for e in server.timeline(node, boot)]
 
 
-def _stale_lease_db(work: Path, address: str) -> str:
-    """A database holding node-b's lease on ``address`` from before proxy mode."""
-    work.mkdir(parents=True, exist_ok=True)
-    url = f"sqlite:///{work}/fleetboot.db"
-    db = Database(url)
-    db.create_schema()
-    now = datetime.now(UTC)
-    with db.session() as s:
-        s.add(Lease(address=address, mac=MAC_B, starts=now, expires=now + timedelta(hours=1)))
-    db.dispose()
-    return url
-
-
 def test_proxy_mode_identifies_by_the_link_and_ignores_stale_leases(
         proxy_link: tuple[Lab, SiteDhcp], tmp_path: Path) -> None:
     lab, site = proxy_link
     net = lab.server_ip.rsplit(".", 1)[0]
     stale = f"{net}.120"  # dnsmasq gives this one to the stranger
     server = _start(lab, tmp_path, config={"dhcp": {"proxy": True}}, pool=False,
-                    database_url=_stale_lease_db(tmp_path / "server", stale))
+                    database_url=stale_lease_database(tmp_path / "server", stale, MAC_B))
     b = stranger = None
     try:
         assert "ignoring 1 leases" in server.log_tail()

@@ -39,7 +39,8 @@ def _kinds(stack: list[str]) -> tuple[StackKind, ...]:
 def run(
     nodes: int = typer.Option(100, "--nodes", "-n", min=1, help="simulated machines"),
     window: float = typer.Option(0.0, min=0.0, help="spread power-on over this many seconds"),
-    stack: list[str] = typer.Option([], "--stack", help="classic and/or fleetboot (default both)"),
+    stack: list[str] = typer.Option(
+        [], "--stack", help="classic, fleetboot and/or proxy (default: classic and fleetboot)"),
     kernel_mib: float = typer.Option(4.0, min=0.0, help="kernel size, MiB"),
     initrd_mib: float = typer.Option(4.0, min=0.0, help="initrd size, MiB"),
     bootfile_kib: float = typer.Option(100.0, min=1.0, help="TFTP boot program size, KiB"),

@@ -14,9 +14,8 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from fleetboot.errors import FleetbootError
 from fleetboot.identity.core import Evidence, LinkBook, Verdict, decide
-from fleetboot.inventory.addr import normalize_mac
+from fleetboot.inventory.addr import mac_or_none
 from fleetboot.server.metrics import RateLimitedLog
 
 log = logging.getLogger(__name__)
@@ -62,7 +61,7 @@ class IdentityResolver:
 
     def evidence(self, address: str, claimed: str | None = None) -> Evidence:
         local = _is_local(address) or address in self.local_addresses()
-        claim = _clean(claimed)
+        claim = mac_or_none(claimed)
         if claimed and claim is None:
             claim = "unreadable"  # a claim that is not a MAC matches nothing
         if self.proxy:
@@ -88,15 +87,6 @@ class IdentityResolver:
         """Why ``address`` is (not) a node, for refusals."""
         verdict = self.identify(address)
         return verdict.detail or verdict.reason
-
-
-def _clean(mac: str | None) -> str | None:
-    if not mac:
-        return None
-    try:
-        return normalize_mac(mac)
-    except FleetbootError:
-        return None
 
 
 def _is_local(address: str) -> bool:

@@ -15,6 +15,7 @@ import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from fleetboot.lab.netns import Lab, Namespace, run, stop_process, unique_name
@@ -69,6 +70,27 @@ class SiteDhcp:
         stop_process(self.process, timeout_s=5)
 
 
+def bridged_namespace(server: Namespace, bridge: str, prefix: str,
+                      mac: str | None = None) -> tuple[Namespace, str]:
+    """A new namespace whose veth (its name returned, ``mac`` if given) is a port of
+    ``bridge`` in ``server``: one more host on that link."""
+    ns = Namespace.create(prefix)
+    outer, inner = unique_name("mo"), unique_name("mi")
+    try:
+        run(["ip", "link", "add", outer, "type", "veth", "peer", "name", inner])
+        run(["ip", "link", "set", outer, "netns", server.name])
+        run(["ip", "link", "set", inner, "netns", ns.name])
+        server.ip("link", "set", outer, "master", bridge)
+        server.ip("link", "set", outer, "up")
+        if mac is not None:
+            ns.ip("link", "set", inner, "address", mac)
+        ns.ip("link", "set", inner, "up")
+    except Exception:
+        ns.delete()
+        raise
+    return ns, inner
+
+
 @dataclass
 class Machine:
     """A namespace on the lab bridge with its own MAC: one machine on the shared link."""
@@ -80,20 +102,8 @@ class Machine:
     @classmethod
     def attach(cls, lab: Lab, mac: str, prefix: str = "fbm") -> Machine:
         assert lab.bridge, "create the lab with with_bridge=True"
-        ns = Namespace.create(prefix)
-        outer, inner = unique_name("mo"), unique_name("mi")
-        try:
-            run(["ip", "link", "add", outer, "type", "veth", "peer", "name", inner])
-            run(["ip", "link", "set", outer, "netns", lab.server.name])
-            run(["ip", "link", "set", inner, "netns", ns.name])
-            lab.server.ip("link", "set", outer, "master", lab.bridge)
-            lab.server.ip("link", "set", outer, "up")
-            ns.ip("link", "set", inner, "address", mac)
-            ns.ip("link", "set", inner, "up")
-        except Exception:
-            ns.delete()
-            raise
-        return cls(ns, inner, mac)
+        ns, dev = bridged_namespace(lab.server, lab.bridge, prefix, mac)
+        return cls(ns, dev, mac)
 
     def dhcp(self, workdir: Path, timeout_s: float = 20.0) -> str:
         """A real DHCP exchange (busybox udhcpc); the address is configured; returns it."""
@@ -133,6 +143,23 @@ class Machine:
 
     def close(self) -> None:
         self.ns.delete()
+
+
+def stale_lease_database(workdir: Path, address: str, mac: str) -> str:
+    """A new database (its URL) holding Fleetboot's lease of ``address`` to ``mac``, as
+    left by a run without proxy mode: what a switch to proxy mode must ignore."""
+    from fleetboot.inventory.db import Database
+    from fleetboot.inventory.models import Lease
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    url = f"sqlite:///{workdir}/fleetboot.db"
+    db = Database(url)
+    db.create_schema()
+    now = datetime.now(UTC)
+    with db.session() as s:
+        s.add(Lease(address=address, mac=mac, starts=now, expires=now + timedelta(hours=1)))
+    db.dispose()
+    return url
 
 
 def neighbour_mac(ns: Namespace, address: str) -> str | None:

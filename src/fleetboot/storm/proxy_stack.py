@@ -22,27 +22,24 @@ import subprocess
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from fleetboot.lab.netns import Namespace, run, stop_process, unique_name
+from fleetboot.lab.netns import Namespace, stop_process
+from fleetboot.lab.sitedhcp import bridged_namespace
 from fleetboot.storm.fleetboot_stack import FleetbootStack
 from fleetboot.storm.stacks import _last, wait_listening
 from fleetboot.storm.topology import StormNet
 
 KEA = "kea-dhcp4"
+SITE_IF = "site0"
 
 
 def site_host(net: StormNet, address: str) -> Namespace:
-    """A namespace for the site's DHCP server, joined to the storm bridge by a veth."""
-    ns = Namespace.create("fbsk")
-    outer, inner = unique_name("vsk"), unique_name("vsi")
+    """A namespace for the site's DHCP server on the storm bridge, its port ``site0``."""
+    ns, dev = bridged_namespace(net.server, net.bridge, "fbsk")
     try:
-        run(["ip", "link", "add", outer, "type", "veth", "peer", "name", inner])
-        run(["ip", "link", "set", outer, "netns", net.server.name])
-        run(["ip", "link", "set", inner, "netns", ns.name])
-        net.server.ip("link", "set", outer, "master", net.bridge)
-        net.server.ip("link", "set", outer, "up")
-        ns.ip("link", "set", inner, "name", "site0")
-        ns.ip("link", "set", "site0", "up")
-        ns.ip("addr", "add", f"{address}/{net.network.prefix}", "dev", "site0")
+        ns.ip("link", "set", dev, "down")
+        ns.ip("link", "set", dev, "name", SITE_IF)
+        ns.ip("link", "set", SITE_IF, "up")
+        ns.ip("addr", "add", f"{address}/{net.network.prefix}", "dev", SITE_IF)
     except Exception:
         ns.delete()
         raise
@@ -103,7 +100,7 @@ class ProxyStack(FleetbootStack):
         nw = self.plan.network
         first = min(self.plan.nodes, key=lambda x: x.index).address
         config = {"Dhcp4": {
-            "interfaces-config": {"interfaces": ["site0"], "dhcp-socket-type": "raw"},
+            "interfaces-config": {"interfaces": [SITE_IF], "dhcp-socket-type": "raw"},
             "lease-database": {"type": "memfile", "persist": True, "lfc-interval": 0,
                                "name": str(self.workdir / "site-kea-leases.csv")},
             "valid-lifetime": 3600, "authoritative": True,
