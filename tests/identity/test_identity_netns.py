@@ -183,7 +183,11 @@ def test_proxy_mode_identifies_by_the_link_and_ignores_stale_leases(
         assert "ignoring 1 leases" in server.log_tail()
         b, stranger = Machine.attach(lab, MAC_B, "fbb"), Machine.attach(lab, MAC_STRANGER, "fbs")
         addr_b = b.dhcp(tmp_path)
-        assert site.acked(MAC_B) == [addr_b]  # the site server gave it, not Fleetboot
+        # The site server gave it, not Fleetboot (dnsmasq's log may lag its packet a little).
+        deadline = time.monotonic() + 5
+        while not site.acked(MAC_B) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert site.acked(MAC_B) == [addr_b]
         status, script = b.curl(server.url + f"/boot/script.ipxe?mac={MAC_B}")
         assert status == 200 and "node-b" in script and "fleetboot.token" in script, script
         token_b = TOKEN.search(script).group(1)  # type: ignore[union-attr]
