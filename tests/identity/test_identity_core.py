@@ -27,6 +27,7 @@ from fleetboot.identity.neighbours import (
     RTMSG,
     NeighbourDecodeError,
     get_request,
+    parse_events,
     parse_proc_arp,
     parse_reply,
     parse_route,
@@ -210,12 +211,23 @@ def test_a_peer_behind_a_gateway_is_not_on_the_link() -> None:
     assert parse_route(unreachable, 4) is None
 
 
+def test_change_notifications_update_neighbours_and_flag_route_changes() -> None:
+    new = _reply(0, X, bytes.fromhex("52540000000a"))
+    gone = bytearray(_reply(0, X, bytes.fromhex("52540000000a")))
+    gone[4:6] = struct.pack("=H", 29)  # RTM_DELNEIGH
+    route = _route(0, 3, None)
+    events = parse_events(new + bytes(gone) + route + b"\x01\x02")  # a torn tail is ignored
+    assert [(w, i, e.mac if e else None) for w, i, e in events] == [
+        ("neigh", 3, A), ("neigh", 3, None), ("route", 0, None)]
+
+
 @given(st.binary(max_size=200), st.integers(0, 10))
 def test_neighbour_replies_never_raise_anything_but_decode_errors(data: bytes, seq: int) -> None:
     with contextlib.suppress(NeighbourDecodeError, OSError):
         parse_reply(data, seq)
     with contextlib.suppress(NeighbourDecodeError, OSError):
         parse_route(data, seq)
+    parse_events(data)
 
 
 def test_proc_arp_keeps_complete_entries_of_the_serving_interfaces() -> None:

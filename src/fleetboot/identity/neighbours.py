@@ -27,6 +27,11 @@ T = TypeVar("T")
 NETLINK_ROUTE = 0
 RTM_NEWNEIGH, RTM_GETNEIGH = 28, 30
 RTM_NEWROUTE, RTM_GETROUTE = 24, 26
+RTM_DELNEIGH = 29
+ROUTE_EVENTS = (20, 21, 24, 25)  # RTM_NEWADDR, RTM_DELADDR, RTM_NEWROUTE, RTM_DELROUTE
+# Multicast groups: neighbour, IPv4 address and IPv4 route changes.
+RTMGRP_NEIGH, RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE = 0x4, 0x10, 0x40
+CACHE_LIMIT = 65536
 RTA_DST, RTA_OIF, RTA_GATEWAY = 1, 4, 5
 RTN_UNICAST = 1
 RTMSG = struct.Struct("=BBBBBBBBI")
@@ -140,9 +145,16 @@ def parse_reply(data: bytes, seq: int) -> Entry | None:
     body = _answer(data, seq, RTM_NEWNEIGH)
     if body is None:
         return None
+    return _neigh(body)[1]
+
+
+def _neigh(body: bytes) -> tuple[int, Entry]:
+    """(interface index, entry) of an ndmsg body."""
     if len(body) < NDMSG.size:
         raise NeighbourDecodeError("short ndmsg")
-    state = NDMSG.unpack_from(body)[4]
+    family, _, _, ifindex, state, _, _ = NDMSG.unpack_from(body)
+    if family != socket.AF_INET:
+        raise NeighbourDecodeError(f"neighbour entry of address family {family}")
     dst = lladdr = None
     for kind, value in _attributes(body, NDMSG.size):
         if kind == NDA_DST and len(value) == 4:
@@ -152,7 +164,32 @@ def parse_reply(data: bytes, seq: int) -> Entry | None:
     if dst is None:
         raise NeighbourDecodeError("neighbour entry without an IPv4 destination")
     usable = lladdr is not None and state & USABLE and lladdr != "00:00:00:00:00:00"
-    return Entry(dst, lladdr if usable else None, state)
+    return ifindex, Entry(dst, lladdr if usable else None, state)
+
+
+def parse_events(data: bytes) -> list[tuple[str, int, Entry | None]]:
+    """Change notifications (a multicast read) -> ("neigh", ifindex, entry) for IPv4
+    neighbour changes (entry.mac None once deleted or unusable) and ("route", 0, None)
+    for any route or address change. Malformed or foreign messages are skipped."""
+    out: list[tuple[str, int, Entry | None]] = []
+    pos = 0
+    while pos + NLMSGHDR.size <= len(data):
+        length, kind = NLMSGHDR.unpack_from(data, pos)[:2]
+        if length < NLMSGHDR.size or pos + length > len(data):
+            break
+        body = data[pos + NLMSGHDR.size: pos + length]
+        pos += (length + 3) & ~3
+        if kind in (RTM_NEWNEIGH, RTM_DELNEIGH):
+            try:
+                ifindex, entry = _neigh(body)
+            except NeighbourDecodeError:
+                continue
+            if kind == RTM_DELNEIGH:
+                entry = Entry(entry.address, None, 0)
+            out.append(("neigh", ifindex, entry))
+        elif kind in ROUTE_EVENTS:
+            out.append(("route", 0, None))
+    return out
 
 
 def parse_proc_arp(text: str, devices: Sequence[str] | None = None) -> dict[str, str]:
@@ -186,17 +223,54 @@ def interface_network(ifname: str) -> ipaddress.IPv4Network | None:
 
 
 class NeighbourTable:
-    """Lookups in the kernel's neighbour table of the serving interfaces."""
+    """Lookups in the kernel's neighbour table of the serving interfaces.
 
-    def __init__(self, interfaces: Sequence[str]) -> None:
+    Answers are cached and kept coherent with the kernel by its own change
+    notifications: a netlink socket subscribed to neighbour, address and route
+    changes is drained (one non-blocking ``recv``) before every answer, so a
+    change the kernel made before the request (a gratuitous ARP taking an
+    address over) is always applied first. A lost notification (the socket's
+    buffer overflowed) empties the cache. Without notifications every lookup
+    asks the kernel.
+    """
+
+    def __init__(self, interfaces: Sequence[str], *, cache: bool = True) -> None:
         self.interfaces = list(interfaces)
         self._indexes: list[int] = []
         self._networks: list[ipaddress.IPv4Network] = []
         self._sock: socket.socket | None = None
+        self._events: socket.socket | None = None
         self._seq = itertools.count(1)
         self._proc: tuple[float, dict[str, str]] = (0.0, {})
-        self.counters = {"lookups": 0, "netlink_errors": 0, "proc_reads": 0}
+        self._macs: dict[str, str | None] = {}
+        self._direct: dict[str, bool] = {}
+        self.counters = {"lookups": 0, "netlink_errors": 0, "proc_reads": 0, "cached": 0,
+                         "events": 0, "overflows": 0}
         self.refresh()
+        if cache:
+            self._events = _subscribe()
+
+    def _drain(self) -> bool:
+        """Apply pending change notifications; False when there is no coherent cache."""
+        events = self._events
+        if events is None:
+            return False
+        while True:
+            try:
+                data = events.recv(1 << 16, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return True
+            except OSError:  # ENOBUFS: notifications were lost; start over
+                self.counters["overflows"] += 1
+                self._macs.clear()
+                self._direct.clear()
+                continue
+            for what, ifindex, entry in parse_events(data):
+                self.counters["events"] += 1
+                if what == "route":
+                    self._direct.clear()
+                elif entry is not None and ifindex in self._indexes:
+                    self._macs[entry.address] = entry.mac
 
     def refresh(self) -> None:
         """Re-read interface indexes and networks (start, reload)."""
@@ -216,15 +290,23 @@ class NeighbourTable:
         gateway between)? Asked of the kernel's own routing (one netlink get); the
         serving interfaces' subnets answer where that fails."""
         try:
-            ip = ipaddress.IPv4Address(address)
-        except ValueError:
+            socket.inet_aton(address)
+        except OSError:
             return False
+        coherent = self._drain()
+        if coherent and address in self._direct:
+            self.counters["cached"] += 1
+            return self._direct[address]
         try:
             route = self._netlink(route_request, parse_route, address)
         except (OSError, NeighbourDecodeError):
             self.counters["netlink_errors"] += 1
+            ip = ipaddress.IPv4Address(address)
             return any(ip in net for net in self._networks)
-        return route is not None and route.direct_on(self._indexes)
+        direct = route is not None and route.direct_on(self._indexes)
+        if coherent:
+            _remember(self._direct, address, direct)
+        return direct
 
     def lookup(self, address: str) -> str | None:
         """The MAC the kernel uses for ``address`` on a serving interface, if any."""
@@ -233,6 +315,11 @@ class NeighbourTable:
             socket.inet_aton(address)
         except OSError:
             return None
+        coherent = self._drain()
+        if coherent and address in self._macs:
+            self.counters["cached"] += 1
+            return self._macs[address]
+        found = None
         for index in self._indexes:
             try:
                 entry = self._get(index, address)
@@ -241,8 +328,11 @@ class NeighbourTable:
                 log.debug("netlink neighbour get failed (%s); reading /proc/net/arp", exc)
                 return self._from_proc(address)
             if entry is not None and entry.mac is not None:
-                return entry.mac
-        return None
+                found = entry.mac
+                break
+        if coherent:
+            _remember(self._macs, address, found)
+        return found
 
     def _get(self, index: int, address: str) -> Entry | None:
         return self._netlink(lambda seq, addr: get_request(seq, index, addr), parse_reply,
@@ -280,6 +370,29 @@ class NeighbourTable:
         return table.get(address)
 
     def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        for sock in (self._sock, self._events):
+            if sock is not None:
+                sock.close()
+        self._sock = self._events = None
+
+
+def _remember(cache: dict[str, T], key: str, value: T) -> None:
+    if len(cache) >= CACHE_LIMIT:
+        cache.clear()
+    cache[key] = value
+
+
+def _subscribe() -> socket.socket | None:
+    """A netlink socket receiving the kernel's neighbour, address and route changes."""
+    try:
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+    except OSError:
+        return None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        sock.bind((0, RTMGRP_NEIGH | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE))
+    except OSError as exc:
+        log.warning("cannot follow neighbour changes (%s): every lookup asks the kernel", exc)
+        sock.close()
+        return None
+    return sock
