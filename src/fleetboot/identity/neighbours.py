@@ -1,9 +1,11 @@
 """The kernel's neighbour table: which link-layer address answers for a peer.
 
-One ``RTM_GETNEIGH`` get (netlink, answered synchronously by the kernel inside
-``send``) per lookup and interface: a few microseconds, never a wait on the
-loop. The codec (request building, reply parsing) is pure; :class:`NeighbourTable`
-owns the socket. Where netlink gets are not supported (kernels before 5.0) it
+An ``RTM_GETNEIGH`` get (netlink, answered synchronously by the kernel inside
+``send``) per interface on a cache miss, an ``RTM_GETROUTE`` get to know whether
+the peer is on the link at all; answers are cached and kept coherent by the
+kernel's change notifications (see :class:`NeighbourTable`). Never a wait on the
+loop. The codec (requests, replies, notifications) is pure; :class:`NeighbourTable`
+owns the sockets. Where netlink gets are not supported (kernels before 5.0) it
 falls back to reading ``/proc/net/arp``, cached for ``PROC_TTL_S``.
 """
 
