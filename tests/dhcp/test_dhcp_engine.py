@@ -338,6 +338,18 @@ def test_proxy_mode_records_what_clients_ask_the_site_server_for() -> None:
     assert book.holder("10.77.0.34", NOW) is None  # asked from another address: not believed
 
 
+def test_proxy_mode_leaves_unknown_machines_alone_when_told_to() -> None:
+    """Issue 21: "left waiting or alone as configured": with ``unknown_clients: ignore``
+    a machine not in the inventory gets no boot offer (the site server still gives it an
+    address); a node's boot NIC still does."""
+    engine = make_engine(proxy=True, unknown_clients="ignore")
+    pxe = {"o60": b"PXEClient:Arch:00000:UNDI:002001", "o93": arch(0)}
+    assert engine.handle(packet(o.DISCOVER, MAC_A, **pxe), SERVER, NOW) is None
+    assert engine.counters["ignored.unknown_client"] == 1
+    offer = reply_of(engine.handle(packet(o.DISCOVER, NODE_MACS[1], **pxe), SERVER, NOW))
+    assert offer.yiaddr == 0 and offer.file
+
+
 def test_proxy_mode_script_url_carries_the_mac_claim() -> None:
     engine = make_engine(proxy=True)
     ipxe = {"o60": b"PXEClient:Arch:00000:UNDI:002001", "o77": b"iPXE"}
