@@ -83,8 +83,10 @@ class IdentityResolver:
         return self.identify(address).mac
 
     def explain(self, address: str) -> str:
-        """Why ``address`` is (not) a node, for refusals."""
-        verdict = self.identify(address)
+        """Why ``address`` is (not) a node, for refusals (not counted again)."""
+        if address.startswith("::ffff:"):
+            address = address[7:]
+        verdict = decide(self.evidence(address))
         return verdict.detail or verdict.reason
 
 

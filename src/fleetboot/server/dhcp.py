@@ -336,8 +336,9 @@ class DhcpService:
         return self.resolver.identify(address, claimed)
 
     def explain(self, address: str) -> str:
-        verdict = self.identify(address)
-        return verdict.detail or verdict.reason
+        if self.resolver is None:
+            return "the DHCP service has not started"
+        return self.resolver.explain(address)
 
     @property
     def counters(self) -> dict[str, int]:
