@@ -151,22 +151,22 @@ def serve(args: argparse.Namespace) -> None:
 
 
 def dhcp_leases(nodes: int) -> Any:
-    """The DHCP server's own lease table and ``mac_for_address``, holding one bound lease
-    per node: the lookup every request makes is the production one."""
+    """The DHCP server's own lease table behind the identity resolver, holding one bound
+    lease per node: the lookup every request makes is the production one (the nodes are
+    routed here, so the resolver asks the kernel for the route and keeps the lease)."""
+    from fleetboot.identity.core import LinkBook
+    from fleetboot.identity.neighbours import NeighbourTable
+    from fleetboot.identity.resolver import IdentityResolver
     from fleetboot.protocols.dhcp.leases import BOUND, Lease, LeaseTable
     from fleetboot.protocols.dhcp.options import ip_int
-    from fleetboot.server.dhcp import DhcpService
+    from fleetboot.server.dhcp import OwnLeases, all_interfaces
 
     table = LeaseTable()
     expires = time.time() + 86400
     table.load(Lease(ip_int(node_address(i)), bytes.fromhex(node_mac(i).replace(":", "")),
                      BOUND, expires, 1) for i in range(nodes))
-
-    class Leases:
-        leases = table
-        mac_for_address = DhcpService.mac_for_address
-
-    return Leases()
+    return IdentityResolver(proxy=False, leases=OwnLeases(table), book=LinkBook(),
+                            neighbours=NeighbourTable(all_interfaces()))
 
 
 def issue_tokens(service: Any, rows: Any, out: Path) -> list[str]:

@@ -11,10 +11,12 @@ byte-identical files. See docs/benchmarks.md ("Boot storm").
     python bench/storm.py --nodes 300 --window 10
     python bench/storm.py --also 100,300        # smaller storms first, for the scaling table
     python bench/storm.py --set admission.max_booting=0   # Fleetboot without admission control
+    python bench/storm.py --stacks proxy        # site dnsmasq (addresses) + Fleetboot proxyDHCP
 
 Prints a table per stack and ends with
 ``RESULT storm n=<N> fleetboot_s=<x> fleetboot_failed=<n> fleetboot_retries=<n>
-classic_s=<x> classic_failed=<n> classic_retries=<n>``.
+classic_s=<x> classic_failed=<n> classic_retries=<n>`` (plus ``proxy_s=<x>
+proxy_failed=<n> proxy_retries=<n>`` when the proxy stack ran).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from pathlib import Path
 from rich.console import Console
 
 from fleetboot.storm.fleetboot_stack import parse_settings
-from fleetboot.storm.plan import STACKS, KiB, MiB, Payload, StackKind, make_plan
+from fleetboot.storm.plan import ALL_STACKS, STACKS, KiB, MiB, Payload, StackKind, make_plan
 from fleetboot.storm.report import draw, print_report
 from fleetboot.storm.runner import run_storm
 from fleetboot.storm.stacks import StackError
@@ -57,7 +59,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench/storm.py creates network namespaces: run it as root", file=sys.stderr)
         return 2
-    kinds: tuple[StackKind, ...] = tuple(k for k in STACKS if k in args.stacks.split(","))
+    kinds: tuple[StackKind, ...] = tuple(k for k in ALL_STACKS if k in args.stacks.split(","))
     payload = Payload(bootfile=int(args.bootfile_kib * KiB), kernel=int(args.kernel_mib * MiB),
                       initrd=int(args.initrd_mib * MiB))
     try:

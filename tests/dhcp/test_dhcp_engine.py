@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from dhcp_helpers import arch, packet
 
+from fleetboot.identity.core import LinkBook
 from fleetboot.protocols.dhcp import options as o
 from fleetboot.protocols.dhcp.codec import DhcpPacket, decode
 from fleetboot.protocols.dhcp.engine import DhcpEngine, Reply
@@ -305,6 +306,57 @@ def test_proxy_mode_answers_pxe_without_addresses() -> None:
     ack = reply_of(boot)
     assert ack.message_type == o.ACK and ack.file == b"snponly.efi"
     assert boot is not None and boot.dest == ("10.77.0.33", 68) and boot.record is None
+
+
+def test_proxy_mode_records_what_clients_ask_the_site_server_for() -> None:
+    """Issue 21: the REQUESTs a proxy sees on port 67 tie addresses to MACs (identity)."""
+    book = LinkBook()
+    engine = DhcpEngine(DhcpSettings(proxy=True), make_view(), LeaseTable(),
+                        server_addresses=(SERVER,), book=book)
+    site = o.ip_bytes(o.ip_int("10.77.0.254"))
+    mac_a = MAC_A.hex(":")
+    assert engine.handle(packet(o.REQUEST, MAC_A, 3, o50=o.ip_bytes(SERVER + 40), o54=site),
+                         SERVER, NOW, source=("0.0.0.0", 68)) is None
+    held = book.holder("10.77.0.41", NOW)
+    assert held is not None and (held.mac, held.how, held.server, held.from_link) == (
+        mac_a, "requested", "10.77.0.254", True)
+    # Relayed: the machine's own broadcast did not reach this link.
+    engine.handle(packet(o.REQUEST, MAC_B, 4, o50=o.ip_bytes(SERVER + 41), giaddr=RELAY),
+                  SERVER, NOW, source=("10.88.0.1", 67))
+    relayed = book.holder("10.77.0.42", NOW)
+    assert relayed is not None and not relayed.from_link
+    engine.handle(packet(o.RELEASE, MAC_A, 5, ciaddr=SERVER + 40), SERVER, NOW,
+                  source=("10.77.0.41", 68))
+    assert book.holder("10.77.0.41", NOW) is None
+    # Port 4011 from the address it names: the client itself says which one it holds.
+    pxe = {"o60": b"PXEClient:Arch:00007:UNDI:003000", "o93": arch(7)}
+    engine.handle(packet(o.REQUEST, MAC_A, 6, ciaddr=o.ip_int("10.77.0.33"), **pxe), SERVER,
+                  NOW, proxy_port=True, source=("10.77.0.33", 68))
+    assert book.holder("10.77.0.33", NOW).how == "boot-server"  # type: ignore[union-attr]
+    engine.handle(packet(o.REQUEST, MAC_B, 7, ciaddr=o.ip_int("10.77.0.34"), **pxe), SERVER,
+                  NOW, proxy_port=True, source=("10.77.0.99", 68))
+    assert book.holder("10.77.0.34", NOW) is None  # asked from another address: not believed
+
+
+def test_proxy_mode_leaves_unknown_machines_alone_when_told_to() -> None:
+    """Issue 21: "left waiting or alone as configured": with ``unknown_clients: ignore``
+    a machine not in the inventory gets no boot offer (the site server still gives it an
+    address); a node's boot NIC still does."""
+    engine = make_engine(proxy=True, unknown_clients="ignore")
+    pxe = {"o60": b"PXEClient:Arch:00000:UNDI:002001", "o93": arch(0)}
+    assert engine.handle(packet(o.DISCOVER, MAC_A, **pxe), SERVER, NOW) is None
+    assert engine.counters["ignored.unknown_client"] == 1
+    offer = reply_of(engine.handle(packet(o.DISCOVER, NODE_MACS[1], **pxe), SERVER, NOW))
+    assert offer.yiaddr == 0 and offer.file
+
+
+def test_proxy_mode_script_url_carries_the_mac_claim() -> None:
+    engine = make_engine(proxy=True)
+    ipxe = {"o60": b"PXEClient:Arch:00000:UNDI:002001", "o77": b"iPXE"}
+    pkt = reply_of(engine.handle(packet(o.DISCOVER, MAC_A, **ipxe), SERVER, NOW))
+    assert pkt.options[o.BOOTFILE_NAME].endswith(b"/boot/script.ipxe?mac=${netX/mac}")
+    normal = reply_of(make_engine().handle(packet(o.DISCOVER, MAC_A, **ipxe), SERVER, NOW))
+    assert normal.options[o.BOOTFILE_NAME].endswith(b"/boot/script.ipxe")
 
 
 # --- bad input, events ---------------------------------------------------------------------------

@@ -66,7 +66,9 @@ def test_the_public_variant_drops_secrets() -> None:
     docs = render_node(node(accounts=[{"name": "x", "ssh_keys": ["ssh-rsa AAA k"]}],
                             files=files), FleetFacts())
     public = json.loads(docs.public.body)
-    assert not SECRET_SECTIONS & set(public) and public["redacted"] == sorted(SECRET_SECTIONS)
+    assert not SECRET_SECTIONS & set(public)
+    # Issue 11 item 2: the secret file left out is named too, not only the sections.
+    assert public["redacted"] == sorted([*SECRET_SECTIONS, "files:/etc/a"])
     assert [f["path"] for f in public["files"]] == ["/etc/b"]
     assert "accounts" not in docs.public_sections and "accounts" in docs.sections
     assert json.loads(docs.public_sections["files"].body) == public["files"]
@@ -142,6 +144,14 @@ def test_the_waterfall_shows_gaps_retransmissions_and_durations() -> None:
     assert rows[2].alarm and "retransmission #1" in rows[2].note
     assert rows[3].bar.count("█") == 6 and "5.0 MiB" in rows[3].note
     assert waterfall([]) == []
+
+
+def test_the_waterfall_names_the_site_dhcp_server_in_proxy_mode() -> None:
+    """Issue 21: which server answered what (the site server's ACK seen on the link)."""
+    rows = waterfall([_E(0, "REQUEST", dir="rx", server_id="10.0.0.254"),
+                      _E(0.1, "ACK", dir="seen", server="10.0.0.254")])
+    assert "to server 10.0.0.254" in rows[0].note
+    assert "from site server 10.0.0.254" in rows[1].note
 
 
 @given(st.lists(st.tuples(st.floats(0, 1e5), st.floats(0, 100)), min_size=1, max_size=30),

@@ -87,3 +87,19 @@ def test_nodes_that_get_no_answer_fail_in_their_phase_after_their_schedule(
     assert all(r.phases[0].duration >= 0.9 for r in results)
     summary = summarize(results)
     assert (summary.up, summary.failed, summary.retries) == (0, 3, 6)
+
+
+def test_proxy_stack_boots_a_small_storm_beside_the_site_dhcp_server(tmp_path: Path) -> None:
+    """Issue 21: dnsmasq gives the addresses, Fleetboot in proxy mode everything else; every
+    node is identified by what Fleetboot saw on the link and reaches UP."""
+    _require("dnsmasq", "curl")
+    runs = run_storm(make_plan(N, 0.0, 8, payload=PAYLOAD), ("proxy",), tmp_path)
+    run = runs["proxy"]
+    _check(run)
+    assert run.server.get("nodes.UP") == N
+    planned = {spec.name: spec.address for spec in run.plan.nodes}
+    for node in run.results:  # the address came from the site server, the boot file from us
+        pxe = next(p for p in node.phases if p.name == "pxe_dhcp")
+        assert pxe.detail["address"] == planned[node.name] and pxe.detail["file"]
+    line = print_report(runs)
+    assert "proxy_failed=0" in line

@@ -157,3 +157,9 @@ def test_mtu_and_quirks() -> None:
     assert policy_for(base, quirks, "10.0.6.1", "aa:bb:00:00:00:01").max_blksize == 1024
     assert policy_for(base, quirks, "10.0.6.1", "cc:bb:00:00:00:01") == base
     assert policy_for(base, quirks, "not-an-ip", None) == base
+
+
+def test_a_non_ascii_digit_is_refused_not_a_crash() -> None:
+    """str.isdigit() accepts "¹", which int() refuses: found by hypothesis above."""
+    with pytest.raises(TftpError, match="not a number"):
+        negotiate({"blksize": "¹"}, 0, OptionPolicy())

@@ -17,7 +17,7 @@ import typer
 
 from fleetboot.cli.common import console, fail, friendly_errors
 from fleetboot.storm.fleetboot_stack import parse_settings
-from fleetboot.storm.plan import STACKS, KiB, MiB, Payload, StackKind, Timing, make_plan
+from fleetboot.storm.plan import ALL_STACKS, STACKS, KiB, MiB, Payload, StackKind, Timing, make_plan
 from fleetboot.storm.report import draw, print_report
 from fleetboot.storm.runner import StackRun, run_storm
 
@@ -28,8 +28,8 @@ app = typer.Typer(help="Boot storms: many simulated machines PXE-booting at once
 def _kinds(stack: list[str]) -> tuple[StackKind, ...]:
     kinds: list[StackKind] = []
     for name in stack or list(STACKS):
-        if name not in STACKS:
-            raise fail(f"unknown stack {name!r}; choose from {', '.join(STACKS)}")
+        if name not in ALL_STACKS:
+            raise fail(f"unknown stack {name!r}; choose from {', '.join(ALL_STACKS)}")
         kinds.append(name)
     return tuple(kinds)
 
@@ -39,7 +39,8 @@ def _kinds(stack: list[str]) -> tuple[StackKind, ...]:
 def run(
     nodes: int = typer.Option(100, "--nodes", "-n", min=1, help="simulated machines"),
     window: float = typer.Option(0.0, min=0.0, help="spread power-on over this many seconds"),
-    stack: list[str] = typer.Option([], "--stack", help="classic and/or fleetboot (default both)"),
+    stack: list[str] = typer.Option(
+        [], "--stack", help="classic, fleetboot and/or proxy (default: classic and fleetboot)"),
     kernel_mib: float = typer.Option(4.0, min=0.0, help="kernel size, MiB"),
     initrd_mib: float = typer.Option(4.0, min=0.0, help="initrd size, MiB"),
     bootfile_kib: float = typer.Option(100.0, min=1.0, help="TFTP boot program size, KiB"),

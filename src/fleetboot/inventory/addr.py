@@ -22,6 +22,16 @@ def normalize_mac(text: str) -> str:
     return ":".join(digits[i : i + 2] for i in range(0, 12, 2))
 
 
+def mac_or_none(text: str | None) -> str | None:
+    """``normalize_mac`` for text from the wire: None when it is empty or not a MAC."""
+    if not text:
+        return None
+    try:
+        return normalize_mac(text)
+    except AddressError:
+        return None
+
+
 def mac_to_bytes(mac: str) -> bytes:
     return bytes.fromhex(normalize_mac(mac).replace(":", ""))
 

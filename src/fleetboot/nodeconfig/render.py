@@ -174,9 +174,15 @@ def public_view(doc: Mapping[str, Any]) -> dict[str, Any]:
     """The document without secrets: what a request without the per-boot token gets."""
     out = {k: v for k, v in doc.items() if k not in SECRET_SECTIONS}
     files = doc.get("files") or _NONE
-    if any(f.get("secret") for f in files):
+    secret_files = [f for f in files if f.get("secret")]
+    if secret_files:
         out["files"] = [f for f in files if not f.get("secret")]
-    out["redacted"] = _REDACTED
+        # Name each file left out too ("files:<path>"), so the list says all that is
+        # missing; the content stays out. Sorted: the document's bytes stay stable.
+        out["redacted"] = sorted([*_REDACTED, *(f"files:{f.get('path', '?')}"
+                                                for f in secret_files)])
+    else:
+        out["redacted"] = _REDACTED
     return out
 
 

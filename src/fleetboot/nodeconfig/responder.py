@@ -177,8 +177,11 @@ class ConfigResponder:
     def _unknown(self, client: str, mac: str | None) -> Reply:
         if mac is None:
             self.denied["lease"] += 1
-            return error_reply(403, f"{client} holds no current lease from Fleetboot; "
-                               "configuration is served to leased node addresses only")
+            explain = getattr(self.directory, "explain", None)
+            why = explain(client) if explain is not None else \
+                f"{client} holds no current lease from Fleetboot"
+            return error_reply(403, f"{why}; configuration is served to identified node "
+                               "addresses only")
         self.denied["node"] += 1
         return error_reply(403, f"{client} ({mac}) is not an interface of a registered node; "
                            "add it with `fleetboot node add`")

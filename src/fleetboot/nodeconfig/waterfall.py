@@ -72,6 +72,10 @@ def _label(e: EventLike) -> tuple[str, str, bool]:
     dur = duration_of(d)
     if dur:
         notes.append(f"{dur * 1000:.0f} ms" if dur < 1 else f"{dur:.1f} s")
+    if d.get("dir") == "seen":  # proxy mode: the site DHCP server's reply, seen on the link
+        notes.append(f"from site server {d.get('server')}")
+    elif d.get("server_id"):  # the DHCP server the client chose
+        notes.append(f"to server {d.get('server_id')}")
     if d.get("status") not in (None, 200, 304):
         notes.append(f"status {d.get('status')}")
     alarm = bool(d.get("retransmit")) or e.kind in ("timeout", "config_denied")

@@ -38,6 +38,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fleetboot.errors import FleetbootError
+from fleetboot.identity.core import LinkBook, Verdict
+from fleetboot.identity.neighbours import NeighbourTable
+from fleetboot.identity.resolver import IdentityResolver
 from fleetboot.inventory.db import Database
 from fleetboot.protocols.dhcp.codec import MAX_PACKET
 from fleetboot.protocols.dhcp.engine import BROADCAST, DhcpEngine, Reply
@@ -46,6 +49,7 @@ from fleetboot.protocols.dhcp.options import ip_int, ip_text
 from fleetboot.protocols.dhcp.settings import ArchBoot, DhcpSettings
 from fleetboot.protocols.dhcp.view import DhcpView
 from fleetboot.server.dhcp_view import load_view
+from fleetboot.server.dhcpwatch import SiteServerWatch
 from fleetboot.server.events import BootEvent, EventSink
 from fleetboot.server.instance_lock import claim_interfaces, release
 from fleetboot.server.leases import LeaseJournal, load_leases
@@ -219,6 +223,11 @@ class DhcpService:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._rlog = RateLimitedLog(log)
         self._pacer = Pacer(settings.tx_pace_per_s, settings.tx_burst)
+        # Node identity (fleetboot.identity): what the link shows, checked per request.
+        self.book = LinkBook()
+        self.neighbours: NeighbourTable | None = None
+        self.resolver: IdentityResolver | None = None
+        self.watch: SiteServerWatch | None = None
 
     @property
     def events(self) -> EventSink | None:
@@ -230,6 +239,8 @@ class DhcpService:
         self._events = sink
         if self.engine is not None:
             self.engine.events = sink
+        if self.watch is not None:
+            self.watch.events = sink
 
     # --- life cycle ------------------------------------------------------------------------------
 
@@ -240,11 +251,20 @@ class DhcpService:
         try:
             view = await asyncio.to_thread(self.view_loader)
             rows = await asyncio.to_thread(load_leases, self.db)
+            if self.settings.proxy:
+                # Proxy mode gives no addresses: leases from an earlier normal-mode run
+                # are not Fleetboot's any more and must never identify a node. Start clean.
+                if rows:
+                    log.warning("proxy mode: ignoring %d leases left from serving addresses;"
+                                " nodes are identified by what is seen on the link", len(rows))
+                rows = []
             self.leases.load(rows)
             self.listeners = open_listeners(self.settings)
             self.engine = DhcpEngine(
                 self.settings, view, self.leases, events=self.events, on_drop=self._on_drop,
-                server_addresses=tuple(lst.local for lst in self.listeners if lst.local))
+                server_addresses=tuple(lst.local for lst in self.listeners if lst.local),
+                book=self.book if self.settings.proxy else None)
+            self._start_identity()
             self._report_view(view)
             self.metrics.register("dhcp", self.engine.counters)
             self.journal = LeaseJournal(
@@ -264,6 +284,11 @@ class DhcpService:
 
     async def stop(self) -> None:
         loop = asyncio.get_running_loop()
+        if self.watch is not None:
+            self.watch.stop()
+            self.watch = None
+        if self.neighbours is not None:
+            self.neighbours.close()
         for listener in self.listeners:
             with contextlib.suppress(Exception):
                 loop.remove_reader(listener.sock.fileno())
@@ -277,6 +302,21 @@ class DhcpService:
         self.listeners = []
         release(self._claims)
         self.metrics.unregister("dhcp")
+        for prefix in ("identity", "dhcp_watch"):
+            self.metrics.unregister(prefix)
+
+    def _start_identity(self) -> None:
+        names = list(dict.fromkeys(lst.ifname for lst in self.listeners if lst.ifname))
+        self.neighbours = NeighbourTable(names)
+        own = {ip_text(lst.local) for lst in self.listeners if lst.local}
+        self.resolver = IdentityResolver(
+            proxy=self.settings.proxy, leases=OwnLeases(self.leases), book=self.book,
+            neighbours=self.neighbours, local_addresses=lambda: own)
+        self.metrics.register("identity", self.resolver.counters)
+        if self.settings.proxy:
+            self.watch = SiteServerWatch(names, self.book, self.events)
+            self.watch.start()
+            self.metrics.register("dhcp_watch", self.watch.counters)
 
     async def reload(self) -> None:
         """Reload the inventory view (the runtime calls this when the revision changes)."""
@@ -305,9 +345,20 @@ class DhcpService:
         return self.engine.lease_by_address(ip)
 
     def mac_for_address(self, address: str) -> str | None:
-        """``LeaseDirectory`` for the HTTP app: the MAC of an unexpired lease on ``address``."""
-        info = self.leases.lease_by_address(address)
-        return info.mac if info is not None and info.expires > time.time() else None
+        """``LeaseDirectory`` for every node-facing endpoint: the MAC of whoever asks from
+        ``address``, only when the identity holds (``fleetboot.identity``)."""
+        return self.identify(address).mac
+
+    def identify(self, address: str, claimed: str | None = None) -> Verdict:
+        """The identity verdict for a peer (``claimed``: the MAC a URL names)."""
+        if self.resolver is None:
+            return Verdict(None, "starting", "the DHCP service has not started")
+        return self.resolver.identify(address, claimed)
+
+    def explain(self, address: str) -> str:
+        if self.resolver is None:
+            return "the DHCP service has not started"
+        return self.resolver.explain(address)
 
     @property
     def counters(self) -> dict[str, int]:
@@ -403,6 +454,17 @@ class DhcpService:
 
     def _on_drop(self, reason: str, detail: str) -> None:
         self._rlog.warning(reason, "DHCP message dropped (%s): %s", reason, detail)
+
+
+class OwnLeases:
+    """Fleetboot's own current leases: bound and unexpired (identity evidence)."""
+
+    def __init__(self, leases: LeaseTable) -> None:
+        self.leases = leases
+
+    def mac_for_address(self, address: str) -> str | None:
+        info = self.leases.lease_by_address(address)
+        return info.mac if info is not None and info.expires > time.time() else None
 
 
 # --- configuration ------------------------------------------------------------------------------

@@ -121,9 +121,17 @@ class HttpContext:
     started: float = field(default_factory=time.monotonic)
 
     def who(self, request: Request) -> tuple[str, str | None]:
-        """The TCP peer's address and the MAC leased to it (never from headers)."""
+        """The TCP peer's address and the MAC leased to it (never from headers).
+
+        A directory with ``identify`` (``fleetboot.identity``) also checks the MAC
+        iPXE put in the URL (``?mac=``) against what the server sees of the peer."""
         address = request.client.host if request.client else ""
-        return address, self.directory.mac_for_address(address) if address else None
+        if not address:
+            return address, None
+        identify = getattr(self.directory, "identify", None)
+        if identify is not None:
+            return address, identify(address, request.query_params.get("mac")).mac
+        return address, self.directory.mac_for_address(address)
 
     def emit(self, kind: str, address: str, mac: str | None, detail: dict[str, Any]) -> None:
         try:

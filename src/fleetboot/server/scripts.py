@@ -47,7 +47,7 @@ from fleetboot.boot import ipxe
 from fleetboot.boot.files import BootPathRefused, RequestContext
 from fleetboot.config import Settings
 from fleetboot.errors import FleetbootError
-from fleetboot.inventory.addr import normalize_mac
+from fleetboot.inventory.addr import mac_or_none
 from fleetboot.inventory.changes import current_revision
 from fleetboot.inventory.db import Database
 from fleetboot.inventory.models import (
@@ -661,10 +661,4 @@ class ScriptService:
         return ServedScript(text, action.value, rule=rule)
 
 
-def _clean_mac(mac: str | None) -> str | None:
-    if not mac:
-        return None
-    try:
-        return normalize_mac(mac)
-    except FleetbootError:
-        return None
+_clean_mac = mac_or_none

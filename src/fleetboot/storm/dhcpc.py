@@ -196,19 +196,36 @@ async def obtain_lease(
     discover_schedule: tuple[float, ...],
     request_schedule: tuple[float, ...],
     rng: random.Random,
+    proxy: bool = False,
 ) -> Lease:
-    """DISCOVER, OFFER, REQUEST, ACK; a NAK starts over. Raises DhcpClientError."""
+    """DISCOVER, OFFER, REQUEST, ACK; a NAK starts over. Raises DhcpClientError.
+
+    ``proxy``: the address comes from one server and the boot answer from a
+    proxyDHCP server's OFFER (no address, PXEClient); wait for both, as PXE
+    firmware and iPXE do, and take the boot file from the proxy offer.
+    """
     hw = mac_to_bytes(mac)
     retries = 0
     for _round in range(len(discover_schedule)):
         xid = rng.getrandbits(32)
-        offer, r = await _exchange(link, hw, xid, partial(dhcpwire.discover, xid, hw, who=who),
-                                   partial(_offer, hw=hw), discover_schedule, "OFFER", retries)
+        boot: Reply | None = None
+        if proxy:
+            (offer, boot), r = await _exchange(
+                link, hw, xid, partial(dhcpwire.discover, xid, hw, who=who),
+                partial(_both_offers, hw=hw, found={}), discover_schedule,
+                "address and proxy OFFER", retries)
+        else:
+            offer, r = await _exchange(link, hw, xid, partial(dhcpwire.discover, xid, hw, who=who),
+                                       partial(_offer, hw=hw), discover_schedule, "OFFER",
+                                       retries)
         retries += r
         answer, r = await _exchange(
             link, hw, xid, partial(dhcpwire.request, xid, hw, who=who, offer=offer),
             partial(_answer, hw=hw, offer=offer), request_schedule, "ACK", retries)
         retries += r
+        if answer.msg_type == o.ACK and boot is not None:
+            return Lease(answer.yiaddr, answer.server_id or offer.server_id, boot.siaddr,
+                         boot.file, {**answer.options, **boot.options}, retries)
         if answer.msg_type == o.ACK:
             return Lease(answer.yiaddr, answer.server_id or offer.server_id, answer.siaddr,
                          answer.file, answer.options, retries)
@@ -219,6 +236,19 @@ async def obtain_lease(
 def _offer(rep: Reply, hw: bytes) -> Reply | None:
     ok = rep.msg_type == o.OFFER and rep.chaddr == hw and rep.yiaddr != "0.0.0.0"
     return rep if ok else None
+
+
+def _both_offers(rep: Reply, hw: bytes, found: dict[str, Reply]) -> tuple[Reply, Reply] | None:
+    """(address offer, proxy boot offer) once both arrived for this DISCOVER."""
+    if rep.msg_type != o.OFFER or rep.chaddr != hw:
+        return None
+    if rep.yiaddr != "0.0.0.0":
+        found.setdefault("address", rep)
+    elif rep.file and rep.options.get(o.VENDOR_CLASS, b"").startswith(o.PXE_CLIENT):
+        found.setdefault("boot", rep)
+    if "address" in found and "boot" in found:
+        return found["address"], found["boot"]
+    return None
 
 
 def _answer(rep: Reply, hw: bytes, offer: Reply) -> Reply | None:

@@ -185,7 +185,8 @@ async def _firmware_stage(spec: NodeSpec, ctx: Context, rec: _Recorder) -> ipxe.
                                         "server_duplicates": r.duplicates})
     ipxe_who = dhcpwire.ipxe_personality(hw, fw.arch, fw.ipxe_vendor_class, fw.broadcast_flag)
     ilease = await rec.phase("ipxe_dhcp", lambda: dhcpc.obtain_lease(
-        ctx.link, spec.mac, ipxe_who, timing.ipxe_dhcp, timing.ipxe_dhcp, ctx.rng),
+        ctx.link, spec.mac, ipxe_who, timing.ipxe_dhcp, timing.ipxe_dhcp, ctx.rng,
+        proxy=_proxy(ctx)),
         lambda lz: lz.retries, _lease_detail)
     http = HttpClient(ilease.address, timing.http_idle_s)
     try:
@@ -221,15 +222,20 @@ async def _os_stage(spec: NodeSpec, ctx: Context, rec: _Recorder,
 async def _firmware_lease(ctx: Context, spec: NodeSpec, who: dhcpwire.Personality) -> dhcpc.Lease:
     timing = ctx.plan.timing
     lease = await dhcpc.obtain_lease(ctx.link, spec.mac, who, timing.pxe_discover,
-                                     timing.pxe_request, ctx.rng)
+                                     timing.pxe_request, ctx.rng, proxy=_proxy(ctx))
     if not lease.file:
         raise BootFailed("the ACK names no boot file", lease.retries)
     return lease
 
 
+def _proxy(ctx: Context) -> bool:
+    """Beside a proxyDHCP server the firmware waits for its boot offer too."""
+    return ctx.plan.stack.kind == "proxy"
+
+
 async def _fetch_script(http: HttpClient, spec: NodeSpec, lease: dhcpc.Lease) -> ipxe.BootScript:
-    url = lease.file
     variables = ipxe.node_variables(spec.mac, lease.address, spec.name)
+    url = ipxe.expand(lease.file, variables)  # iPXE expands settings in its boot file name
     for _ in range(MAX_CHAINS):
         if not url.startswith("http://"):
             raise BootFailed(f"iPXE was given {url!r}, not an http:// script URL")

@@ -22,8 +22,10 @@ from fleetboot.errors import FleetbootError
 KiB = 1024
 MiB = 1024 * KiB
 
-StackKind = Literal["fleetboot", "classic"]
-STACKS: tuple[StackKind, ...] = ("classic", "fleetboot")
+StackKind = Literal["fleetboot", "classic", "proxy"]
+STACKS: tuple[StackKind, ...] = ("classic", "fleetboot")  # what a storm runs by default
+# "proxy": the site's classic DHCP (dnsmasq, addresses only) + Fleetboot as proxyDHCP.
+ALL_STACKS: tuple[StackKind, ...] = (*STACKS, "proxy")
 
 # The phases of one boot, in order; results, tables and the picture use these names.
 PHASES = (

@@ -70,7 +70,11 @@ def make_stack(kind: StackKind, plan: StormPlan, files: StormFiles, workdir: Pat
         from fleetboot.storm.fleetboot_stack import FleetbootStack
 
         return FleetbootStack(plan, files, workdir, overrides=dict(fleetboot_settings or {}))
-    raise StormError(f"unknown stack {kind!r}; choose classic or fleetboot")
+    if kind == "proxy":
+        from fleetboot.storm.proxy_stack import ProxyStack
+
+        return ProxyStack(plan, files, workdir, overrides=dict(fleetboot_settings or {}))
+    raise StormError(f"unknown stack {kind!r}; choose classic, fleetboot or proxy")
 
 
 def time_limit(plan: StormPlan) -> float:

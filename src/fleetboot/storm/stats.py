@@ -150,7 +150,8 @@ def detail_percentiles(results: Iterable[NodeResult], phase: str,
 def result_line(n: int, summaries: dict[str, StormSummary]) -> str:
     """The benchmark's final line; a stack that was not run is reported as ``nan``/-1."""
     parts = [f"RESULT storm n={n}"]
-    for kind in ("fleetboot", "classic"):
+    # The proxy-mode stack is reported only when it ran (the line keeps its old form).
+    for kind in ("fleetboot", "classic", *(("proxy",) if "proxy" in summaries else ())):
         s = summaries.get(kind)
         if s is None:
             parts.append(f"{kind}_s=nan {kind}_failed=-1 {kind}_retries=-1")

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from fleetboot.identity.core import BOOT_SERVER, REQUESTED, LinkBook
 from fleetboot.protocols.dhcp import options as o
 from fleetboot.protocols.dhcp.codec import (
     HEADER,
@@ -85,8 +86,10 @@ IPXE_NO_PXEDHCP = bytes((176, 1, 1))  # iPXE encapsulated sub-option 176, length
 class DhcpEngine:
     def __init__(self, settings: DhcpSettings, view: DhcpView, leases: LeaseTable | None = None,
                  *, server_addresses: tuple[int, ...] = (), events: EventSink | None = None,
-                 on_drop: DropHook | None = None) -> None:
+                 on_drop: DropHook | None = None, book: LinkBook | None = None) -> None:
         self.settings = settings
+        # Proxy mode: what clients say about their addresses, for node identity.
+        self.book = book
         self.leases = leases if leases is not None else LeaseTable()
         self.events = events
         self.on_drop = on_drop
@@ -198,7 +201,10 @@ class DhcpEngine:
         if proxy_port:
             return self._proxy_boot_request(pkt, mt, mac, sid, now, source)
         if self.settings.proxy:
-            return self._proxy_offer(pkt, mac, sid, local, now) if mt == o.DISCOVER else None
+            if mt == o.DISCOVER:
+                return self._proxy_offer(pkt, mac, sid, local, now)
+            self._observe(pkt, mt, mac, now, source)
+            return None
         if mt == o.DISCOVER:
             return self._discover(pkt, mac, sid, local, now)
         if mt == o.REQUEST:
@@ -221,6 +227,9 @@ class DhcpEngine:
                   "vendor_class": pkt.options.get(o.VENDOR_CLASS, b"").decode("latin-1"),
                   "arch": _arch(pkt.options.get(o.CLIENT_ARCH), pkt.options.get(o.VENDOR_CLASS)),
                   "ipxe": _is_ipxe(pkt), "relay": o.ip_text(pkt.giaddr) if pkt.giaddr else None}
+        server = pkt.options.get(o.SERVER_ID)
+        if server is not None and len(server) == 4:
+            detail["server_id"] = o.ip_text(o.U32.unpack(server)[0])  # the server it chose
         self.events(BootEvent(now, "dhcp", o.MESSAGE_NAMES.get(mt, str(mt)), o.mac_text(mac),
                               o.ip_text(addr) if addr else None, detail))
 
@@ -285,7 +294,12 @@ class DhcpEngine:
         http_host = s.http_host or o.ip_text(next_server)
         if ipxe and not vendor.startswith(o.HTTP_CLIENT):
             # iPXE must not be given iPXE again: hand it its per-node script instead.
-            url = f"http://{http_host}:{s.http_port}{s.ipxe_script_path}".encode()
+            text = f"http://{http_host}:{s.http_port}{s.ipxe_script_path}"
+            if s.proxy:
+                # iPXE expands this to the MAC it booted through: a claim the server
+                # checks against the link (fleetboot.identity), never proof on its own.
+                text += "?mac=${netX/mac}"
+            url = text.encode()
             # iPXE option 175.176 (no-pxedhcp) = 1: no ProxyDHCP exists, so iPXE must not
             # spend ~3 s waiting for one (that wait also shows up as a DISCOVER retransmit).
             return Boot(next_server, url if len(url) < 128 else b"",
@@ -444,6 +458,27 @@ class DhcpEngine:
 
     # --- proxyDHCP --------------------------------------------------------------------------------
 
+    def _observe(self, pkt: DhcpPacket, mt: int, mac: bytes, now: float,
+                 source: tuple[str, int] | None) -> None:
+        """Proxy mode: note which address a client asks the site's server for (identity)."""
+        book = self.book
+        if book is None:
+            return
+        if mt == o.REQUEST or mt == o.INFORM:
+            addr = _addr(pkt.options.get(o.REQUESTED_ADDRESS)) or pkt.ciaddr
+            if addr:
+                server = _addr(pkt.options.get(o.SERVER_ID))
+                from_link = not pkt.giaddr and source is not None and source[0] == "0.0.0.0"
+                book.saw(REQUESTED, o.mac_text(mac), self._text(addr), now,
+                         self._text(server) if server else None, from_link=from_link)
+                self._count("observed.request")
+        elif mt == o.RELEASE and pkt.ciaddr:
+            book.drop(o.mac_text(mac), self._text(pkt.ciaddr))
+        elif mt == o.DECLINE:
+            addr = _addr(pkt.options.get(o.REQUESTED_ADDRESS))
+            if addr:
+                book.drop(o.mac_text(mac), self._text(addr))
+
     def _proxy_offer(self, pkt: DhcpPacket, mac: bytes, sid: int, local: int,
                      now: float) -> Reply | None:
         """Proxy mode, port 67: answer PXE DISCOVERs with boot information and no address."""
@@ -460,6 +495,10 @@ class DhcpEngine:
         if mt not in (o.REQUEST, o.INFORM):
             self._count("ignored.proxy_message")
             return None
+        if self.book is not None and pkt.ciaddr and source is not None \
+                and source[0] == self._text(pkt.ciaddr):
+            # Asked from the address it holds: the client itself says which one.
+            self.book.saw(BOOT_SERVER, o.mac_text(mac), source[0], now)
         subnet = self.view.subnet_for(pkt.ciaddr) if pkt.ciaddr else None
         ok, boot, _ = self._admit(pkt, mac, subnet or _ANY_SUBNET, sid)
         if not ok or boot is None:

@@ -98,7 +98,8 @@ class Negotiated:
 
 def _int_option(name: str, value: str) -> int:
     text = value.strip()
-    if not text.isdigit() or len(text) > 12:
+    # isascii: str.isdigit() also accepts "¹" and other digits int() refuses.
+    if not (text.isascii() and text.isdigit()) or len(text) > 12:
         raise TftpError(ErrorCode.OPTION_NEGOTIATION, f"option {name}={value!r} is not a number")
     return int(text)
 
