@@ -11,6 +11,7 @@ PKGS=(
   wrk nginx-light nftables
   postgresql
   libvirt-clients libxml2-utils
+  prometheus chromium chromium-driver
 )
 missing=()
 for p in "${PKGS[@]}"; do

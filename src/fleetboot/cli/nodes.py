@@ -19,7 +19,7 @@ import yaml
 from rich.text import Text
 from sqlalchemy import select
 
-from fleetboot.boot.decision import decide
+from fleetboot.boot.why import explain
 from fleetboot.cli.common import console, friendly_errors, state, table
 from fleetboot.inventory import service as inventory
 from fleetboot.inventory.models import Node
@@ -148,21 +148,15 @@ def why_cmd(ctx: typer.Context, node: str) -> None:
     """What a node boots next and which rule decided it."""
     with state(ctx).db.session() as s:
         n = inventory.get_node(s, node)
-        decision = decide(n)
-        console.print(f"[bold]{n.name}[/] boots {decision.describe()}")
-        if decision.one_shot:
+        why = explain(n)
+        console.print(f"[bold]{n.name}[/] boots {why.boots}")
+        if why.one_shot:
             console.print("  (a one-shot boot: after it is served the node returns to its "
                           "temporary or default boot)")
-        for level in inventory.LEVELS:
-            action = getattr(n, f"{level}_action")
-            profile = getattr(n, f"{level}_profile")
-            shown = "-" if action is None else (profile.name if profile else action.value)
+        for level, shown in why.levels.items():
             console.print(f"  {level:8} {shown}")
-        if decision.profile is not None:
-            p = decision.profile
-            console.print(f"  profile {p.name}: kernel={p.kernel or '-'} initrd={p.initrd or '-'}"
-                          f" cmdline={p.cmdline or '-'}" if p.script is None
-                          else f"  profile {p.name}: its own iPXE script")
+        if why.profile_detail is not None:
+            console.print(f"  profile {why.profile}: {why.profile_detail}")
         row = s.get(NodeStateRow, n.id)
         if row is not None:
             console.print(f"  state now: {row.state} (boot {row.boot})"

@@ -13,6 +13,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from fleetboot.api.app import ApiContext
+from fleetboot.api.app import routes as api_routes
 from fleetboot.boot.files import BootFileSource
 from fleetboot.config import Settings, admin_token
 from fleetboot.inventory.db import Database
@@ -93,8 +95,12 @@ def assemble(settings: Settings, db: Database | None = None) -> Assembly:
     http = None
     reload_hooks: list[ReloadHook] = [dhcp.reload, nodeconfig.reload]
     if settings.http.enabled:
+        # The management API (/api/v1) and the web view (/ui/) ride on the same server.
+        operator = api_routes(ApiContext(db, admin_token(settings), settings.boot_root,
+                                         nodeconfig))
         app = create_app(settings, db, dhcp, nodeconfig.sink, source=source,
-                         extra_routes=nodeconfig.routes(), cmdline_hook=nodeconfig.cmdline_hook,
+                         extra_routes=[*nodeconfig.routes(), *operator],
+                         cmdline_hook=nodeconfig.cmdline_hook,
                          node_status=node_status_probe(nodeconfig))
         # Scripts render from an in-memory view the runtime reloads on revision changes;
         # started (view loaded) before HTTP accepts the first request.
