@@ -281,8 +281,8 @@ Operator = Annotated[Caller, Depends(need("operator"))]
 Admin = Annotated[Caller, Depends(need("admin"))]
 Limit = Annotated[int, Query(ge=1, le=1000, description="page size")]
 Offset = Annotated[int, Query(ge=0)]
-E: dict[int | str, dict[str, Any]] = {400: {"model": ErrorOut}, 401: {"model": ErrorOut}, 403: {"model": ErrorOut},
-     404: {"model": ErrorOut}, 422: {"model": ErrorOut}}
+E: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut}
+                                      for code in (400, 401, 403, 404, 422)}
 
 
 def _ctx(request: Request) -> ApiContext:
