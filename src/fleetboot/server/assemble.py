@@ -109,6 +109,8 @@ def assemble(settings: Settings, db: Database | None = None) -> Assembly:
         reload_hooks.append(scripts.reload)
         http = HttpService.from_settings(app, settings, protocol=nodeconfig.http_protocol())
         services += [scripts, http]
+        live = app.state.exposition.live  # /metrics reads these at scrape time
+        live.nodeconfig, live.dhcp, live.tftp = nodeconfig, dhcp, tftp
     runtime = Runtime(db, services, reload_hooks=reload_hooks)
     # Everything counted, in GET /metrics (DHCP and HTTP register their own).
     registry.register("nodeconfig", nodeconfig.counters)
