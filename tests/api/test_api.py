@@ -4,6 +4,7 @@ roles, the audit log."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -176,3 +177,26 @@ async def test_tokens_roles_and_the_audit_log(server: Server) -> None:
         assert (await admin.delete("/tokens/bot")).status_code == 200
     async with server.client(oper["secret"]) as op:
         assert (await op.get("/nodes")).status_code == 401
+
+
+async def test_vms_with_their_pci_slot_map(server: Server, db: Database, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from fleetboot.cli.vm import app as vm_app
+
+    made = await asyncio.to_thread(  # the VM commands run their own event loop
+        CliRunner().invoke, vm_app, ["create", "web1", "--nic", "model=virtio-net-pci,boot",
+                                     "--nic", "model=e1000", "--db", db.url,
+                                     "--run-dir", str(tmp_path / "run")])
+    assert made.exit_code == 0, made.output
+    async with server.client() as c:
+        vms = (await c.get("/vms")).json()
+        assert [(v["name"], v["status"], v["family"]) for v in vms] == [("web1", "stopped",
+                                                                         "q35")]
+        vm = (await c.get("/vms/web1")).json()
+        held = [s for s in vm["slots"] if s["device"]]
+        assert {s["pool"] for s in held} == {"nic"} and len(held) == 2
+        assert any(s["state"] == "free" for s in vm["slots"])
+        assert vm["slot_map"] == vms[0]["slot_map"]
+        assert (await c.get("/vms/nope")).status_code == 404
+        assert (await c.get("/hosts")).json() == [] and (await c.get("/flavors")).json() == []

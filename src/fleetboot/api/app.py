@@ -310,6 +310,7 @@ def create_api(ctx: ApiContext) -> FastAPI:
     _config_routes(app)
     _admin_routes(app)
     _live_routes(app)
+    _vm_routes(app)
     return app
 
 
@@ -651,6 +652,61 @@ def _admin_routes(app: FastAPI) -> None:
     @app.get("/whoami", tags=["admin"])
     def whoami(caller: Viewer) -> dict[str, str]:
         return {"name": caller.name, "role": caller.role}
+
+
+def _vm_doc(view: Any, with_slots: bool = False) -> dict[str, Any]:
+    from fleetboot.vm import planner
+
+    doc: dict[str, Any] = {
+        "name": view.name, "status": view.status.value, "family": view.family.value,
+        "machine_type": view.machine_type, "firmware": view.firmware.value,
+        "vcpus": view.vcpus, "memory_mib": view.memory_mib,
+        "slot_map": planner.render(view.layout), "last_error": view.last_error,
+        "nics": [{"device": n.device, "mac": n.mac} for n in view.nics]}
+    if with_slots:
+        doc["slots"] = [{**asdict(r), "pool": r.pool.value}
+                        for r in planner.slot_rows(view.layout)]
+    return doc
+
+
+def _vm_routes(app: FastAPI) -> None:
+    @app.get("/vms", tags=["vms"])
+    def list_vms(request: Request, _: Viewer) -> list[dict[str, Any]]:
+        """VMs as stored (status, machine, the one-line slot map)."""
+        from fleetboot.vm.service import VmService, default_settings
+
+        service = VmService(_ctx(request).db, default_settings())
+        return [_vm_doc(v) for v in service.list_instances()]
+
+    @app.get("/vms/{name}", tags=["vms"])
+    def get_vm(request: Request, name: str, _: Viewer) -> dict[str, Any]:
+        """One VM with its PCI slot map: every slot of every pool, what holds it."""
+        from fleetboot.vm.service import VmService, default_settings
+
+        return _vm_doc(VmService(_ctx(request).db, default_settings()).read(name), True)
+
+    @app.get("/hosts", tags=["vms"])
+    def hosts(request: Request, _: Viewer) -> list[dict[str, Any]]:
+        """Passthrough hosts and their devices."""
+        from fleetboot.passthrough.hosts import list_hosts
+
+        with _ctx(request).read() as s:
+            return [{"name": h.name, "scanned_at": _plain_time(h.scanned_at),
+                     "devices": [{"address": d.address, "vendor_id": d.vendor_id,
+                                  "product_id": d.product_id, "driver": d.driver,
+                                  "state": d.state.value, "present": d.present}
+                                 for d in h.devices]} for h in list_hosts(s)]
+
+    @app.get("/flavors", tags=["vms"])
+    def flavors(request: Request, _: Viewer) -> list[dict[str, Any]]:
+        from fleetboot.passthrough.catalog import list_flavors
+
+        with _ctx(request).read() as s:
+            return [json.loads(json.dumps(asdict(f), default=str)) for f in list_flavors(s)]
+
+
+def _plain_time(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
 
 
 def _live_routes(app: FastAPI) -> None:
