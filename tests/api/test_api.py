@@ -100,6 +100,7 @@ async def test_errors_are_json_and_say_what_to_fix(server: Server) -> None:
 async def test_pagination_and_filters(server: Server) -> None:
     async with server.client() as c:
         await _fleet(c, 12)
+        await server.follow_inventory()  # counts are the running server's
         page = (await c.get("/nodes", params={"limit": 5, "offset": 10})).json()
         assert page["total"] == 12 and [n["name"] for n in page["items"]] == ["n10", "n11"]
         assert page["counts"]["OFF"] == 12

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Annotated, Any, Literal, TypeVar
@@ -75,13 +75,21 @@ class ApiContext:
     nodeconfig: Any = None  # a running NodeConfigService, or None (read stored states)
     _cache: dict[str, tuple[Caller | None, float]] = field(default_factory=dict)
 
-    def caller_for(self, secret: str) -> Caller | None:
+    def cached_caller(self, secret: str) -> tuple[bool, Caller | None]:
+        """(known, caller) without touching the database: the admin token or a secret
+        checked within the last ``TOKEN_CACHE_S``."""
         if tokens.matches_admin_token(secret, self.admin_token):
-            return Caller("admin-token", "admin")
-        now = time.monotonic()
+            return True, Caller("admin-token", "admin")
         cached = self._cache.get(secret)
-        if cached is not None and cached[1] > now:
-            return cached[0]
+        if cached is not None and cached[1] > time.monotonic():
+            return True, cached[0]
+        return False, None
+
+    def caller_for(self, secret: str) -> Caller | None:
+        known, caller = self.cached_caller(secret)
+        if known:
+            return caller
+        now = time.monotonic()
         with self.db.session() as s:
             caller = tokens.verify(s, secret)
         if len(self._cache) > 10_000:
@@ -255,15 +263,17 @@ def _secret(request: Request) -> str | None:
     return None
 
 
-def need(role: str) -> Callable[[Request], Caller]:
-    def check(request: Request) -> Caller:
+def need(role: str) -> Callable[[Request], Awaitable[Caller]]:
+    async def check(request: Request) -> Caller:
         ctx: ApiContext = request.app.state.api
         secret = _secret(request)
         if secret is None:
             raise HTTPException(401, "send Authorization: Bearer <token>; create one with "
                                      "`fleetboot token create NAME --role viewer`",
                                 headers={"www-authenticate": "Bearer"})
-        caller = ctx.caller_for(secret)
+        known, caller = ctx.cached_caller(secret)  # most requests: no thread, no database
+        if not known:
+            caller = await asyncio.to_thread(ctx.caller_for, secret)
         if caller is None:
             raise HTTPException(401, "unknown or revoked token; `fleetboot token list` "
                                      "shows the active ones",
@@ -453,9 +463,11 @@ def _audit_state(ctx: ApiContext, caller: Caller, request: Request, name: str,
 
 
 def _counts(ctx: ApiContext, s: Session) -> dict[str, int]:
-    """Nodes per state over the inventory (the live states when the server runs)."""
-    ids = list(s.scalars(select(Node.id)))
-    return views.state_counts(ids, ctx.statuses(s)(ids))
+    """Nodes per state over the fleet: the running state machine's own, or as stored."""
+    nc = ctx.nodeconfig
+    if nc is not None:
+        return views.state_counts(list(nc.view.by_id), nc.statuses)
+    return views.db_state_counts(s)
 
 
 def _subnet_doc(sub: Any) -> dict[str, Any]:

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, or_, select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, aliased, selectinload
 
-from fleetboot.inventory.models import Interface, Lease, Node, Subnet
+from fleetboot.inventory.models import BootAction, BootProfile, Interface, Lease, Node, Subnet
 from fleetboot.inventory.service import LEVELS, list_leases
 from fleetboot.nodeconfig.models import NodeStateRow
 from fleetboot.nodeconfig.states import NodeStatus, State
@@ -82,14 +82,50 @@ def _filtered(query: Any, f: NodeFilter) -> Any:
 
 def node_page(session: Session, statuses: StatusLookup, *, limit: int, offset: int,
               filters: NodeFilter = NodeFilter()) -> tuple[int, list[dict[str, Any]]]:
-    """(total matching, one page of node documents) in name order."""
+    """(total matching, one page of node documents) in name order.
+
+    Three plain queries (count, the page with its profiles joined, the page's
+    interfaces) and no ORM objects: a page costs the same with 100 or 10,000 nodes.
+    """
     total = session.scalar(_filtered(select(func.count(Node.id)), filters)) or 0
-    query = _filtered(select(Node), filters).order_by(Node.name).limit(limit).offset(offset)
-    query = query.options(selectinload(Node.interfaces), selectinload(Node.default_profile),
-                          selectinload(Node.temp_profile), selectinload(Node.next_profile))
-    nodes = list(session.scalars(query))
-    known = statuses([n.id for n in nodes])
-    return int(total), [node_doc(n, known.get(n.id)) for n in nodes]
+    profiles = [aliased(BootProfile) for _ in LEVELS]
+    query = select(Node.id, Node.name, Node.arch, Node.attributes,
+                   *[getattr(Node, f"{level}_action") for level in LEVELS],
+                   *[p.name for p in profiles])
+    for level, prof in zip(LEVELS, profiles, strict=True):
+        query = query.outerjoin(prof, prof.id == getattr(Node, f"{level}_profile_id"))
+    rows = session.execute(_filtered(query, filters).order_by(Node.name)
+                           .limit(limit).offset(offset)).all()
+    ids = [row[0] for row in rows]
+    nics: dict[int, list[dict[str, Any]]] = {i: [] for i in ids}
+    if ids:
+        for node_id, mac, name, is_boot in session.execute(
+                select(Interface.node_id, Interface.mac, Interface.name, Interface.is_boot)
+                .where(Interface.node_id.in_(ids)).order_by(Interface.id)):
+            nics[node_id].append({"mac": mac, "name": name, "boot": bool(is_boot)})
+    known = statuses(ids)
+    n = len(LEVELS)
+    docs = []
+    for row in rows:
+        actions, names = row[4:4 + n], row[4 + n:4 + 2 * n]
+        boot = {level: None if action is None else {
+                    "action": BootAction(action).value, "profile": prof}
+                for level, action, prof in zip(LEVELS, actions, names, strict=True)}
+        docs.append({"name": row[1], "arch": row[2], "interfaces": nics[row[0]], "boot": boot,
+                     "attributes": dict(row[3] or {}), **status_doc(known.get(row[0]))})
+    return int(total), docs
+
+
+def db_state_counts(session: Session) -> dict[str, int]:
+    """Nodes per state as the server last stored them (every state present)."""
+    counts = {s.value: 0 for s in State}
+    total = int(session.scalar(select(func.count(Node.id))) or 0)
+    for state, n in session.execute(select(NodeStateRow.state, func.count())
+                                    .group_by(NodeStateRow.state)):
+        key = state if state in counts else State.OFF.value
+        counts[key] += int(n)
+    counts[State.OFF.value] += total - sum(counts.values())
+    return counts
 
 
 def state_counts(node_ids: list[int], statuses: Mapping[int, NodeStatus]) -> dict[str, int]:
