@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Annotated, Any, Literal, TypeVar
@@ -73,6 +73,7 @@ class ApiContext:
     admin_token: str | None = None
     boot_root: str | None = None
     nodeconfig: Any = None  # a running NodeConfigService, or None (read stored states)
+    settings: Any = None  # fleetboot.config.Settings (the vm: section), or None: defaults
     _cache: dict[str, tuple[Caller | None, float]] = field(default_factory=dict)
 
     def cached_caller(self, secret: str) -> tuple[bool, Caller | None]:
@@ -681,21 +682,110 @@ def _vm_doc(view: Any, with_slots: bool = False) -> dict[str, Any]:
     return doc
 
 
+class VmIn(BaseModel):
+    name: Name
+    machine: Literal["q35", "pc"] = "q35"
+    vcpus: int = 1
+    memory_mib: int = 256
+    nics: list[str] = Field(default_factory=list, description=(
+        "NIC specs as for `fleetboot vm create --nic`: model=..,mac=..,backend=..,boot"))
+    disks: list[str] = Field(default_factory=list, description=(
+        "disk specs as for `--disk`: size=2G,bus=virtio-blk|virtio-scsi,path=..,boot"))
+    firmware: Literal["bios", "uefi"] | None = None
+    accel: str = "tcg"
+
+
+class HotplugIn(BaseModel):
+    nic: str | None = Field(None, description="a NIC spec, as for create")
+    disk: str | None = Field(None, description="a disk spec, as for create")
+
+
+def _vm_service(ctx: ApiContext) -> Any:
+    from fleetboot.vm.service import VmService, default_settings, vm_settings
+
+    settings = vm_settings(ctx.settings) if ctx.settings is not None else default_settings()
+    return VmService(ctx.db, settings)
+
+
+def _vm_call(ctx: ApiContext, caller: Caller, request: Request,
+             call: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
+    """Run a VM operation (QMP, QEMU, disk images) on its own loop in this worker thread,
+    as ``caller`` (its database changes are audited)."""
+    actor = audit.Actor(_actor_name(caller), f"{request.method} {request.url.path}")
+    with audit.acting_as(actor):
+        return asyncio.run(call(_vm_service(ctx)))
+
+
 def _vm_routes(app: FastAPI) -> None:
     @app.get("/vms", tags=["vms"])
     def list_vms(request: Request, _: Viewer) -> list[dict[str, Any]]:
         """VMs as stored (status, machine, the one-line slot map)."""
-        from fleetboot.vm.service import VmService, default_settings
-
-        service = VmService(_ctx(request).db, default_settings())
-        return [_vm_doc(v) for v in service.list_instances()]
+        return [_vm_doc(v) for v in _vm_service(_ctx(request)).list_instances()]
 
     @app.get("/vms/{name}", tags=["vms"])
     def get_vm(request: Request, name: str, _: Viewer) -> dict[str, Any]:
         """One VM with its PCI slot map: every slot of every pool, what holds it."""
-        from fleetboot.vm.service import VmService, default_settings
+        return _vm_doc(_vm_service(_ctx(request)).read(name), True)
 
-        return _vm_doc(VmService(_ctx(request).db, default_settings()).read(name), True)
+    @app.post("/vms", status_code=201, tags=["vms"])
+    def create_vm(request: Request, body: VmIn, caller: Operator) -> dict[str, Any]:
+        """Define a VM: machine type, firmware and PCI layout are pinned now."""
+        from fleetboot.vm import planner
+        from fleetboot.vm.firmware import parse_firmware
+        from fleetboot.vm.specs import CreateSpec, parse_disk, parse_nic
+
+        spec = CreateSpec(name=body.name, family=planner.parse_family(body.machine),
+                          vcpus=body.vcpus, memory_mib=body.memory_mib,
+                          nics=tuple(parse_nic(n) for n in body.nics),
+                          disks=tuple(parse_disk(d) for d in body.disks), accel=body.accel,
+                          firmware=parse_firmware(body.firmware) if body.firmware else None)
+        view = _vm_call(_ctx(request), caller, request, lambda svc: svc.create(spec))
+        return _vm_doc(view, True)
+
+    @app.delete("/vms/{name}", tags=["vms"], response_model=Deleted)
+    def delete_vm(request: Request, name: str, caller: Operator,
+                  images: bool = False) -> dict[str, str]:
+        _vm_call(_ctx(request), caller, request, lambda svc: svc.delete(name, images=images))
+        return {"deleted": name}
+
+    @app.post("/vms/{name}/start", tags=["vms"])
+    def start_vm(request: Request, name: str, caller: Operator) -> dict[str, Any]:
+        return _vm_doc(_vm_call(_ctx(request), caller, request, lambda svc: svc.start(name)),
+                       True)
+
+    @app.post("/vms/{name}/stop", tags=["vms"])
+    def stop_vm(request: Request, name: str, caller: Operator) -> dict[str, Any]:
+        return _vm_doc(_vm_call(_ctx(request), caller, request, lambda svc: svc.stop(name)),
+                       True)
+
+    @app.post("/vms/{name}/hotplug", tags=["vms"])
+    def hotplug(request: Request, name: str, body: HotplugIn,
+                caller: Operator) -> dict[str, Any]:
+        """Add a NIC or a disk at its planned slot (to the definition if the VM is stopped)."""
+        from fleetboot.vm.specs import SpecError, parse_disk, parse_nic
+
+        if (body.nic is None) == (body.disk is None):
+            raise SpecError("give exactly one of nic or disk")
+        if body.nic is not None:
+            nic = parse_nic(body.nic)
+            result = _vm_call(_ctx(request), caller, request,
+                              lambda svc: svc.hotplug_nic(name, nic))
+        else:
+            disk = parse_disk(body.disk or "")
+            result = _vm_call(_ctx(request), caller, request,
+                              lambda svc: svc.hotplug_disk(name, disk))
+        return asdict(result)
+
+    @app.post("/vms/{name}/unplug/{device}", tags=["vms"])
+    def unplug(request: Request, name: str, device: str, caller: Operator) -> dict[str, Any]:
+        result = _vm_call(_ctx(request), caller, request, lambda svc: svc.unplug(name, device))
+        return asdict(result)
+
+    @app.post("/vms/{name}/migrate", tags=["vms"])
+    def migrate(request: Request, name: str, caller: Operator) -> dict[str, Any]:
+        """Live-migrate the VM to a new QEMU on this host (the layout is kept)."""
+        result = _vm_call(_ctx(request), caller, request, lambda svc: svc.migrate(name))
+        return {"uri": result.uri, "seconds": result.seconds, "pid": result.pid}
 
     @app.get("/hosts", tags=["vms"])
     def hosts(request: Request, _: Viewer) -> list[dict[str, Any]]:

@@ -97,7 +97,7 @@ def assemble(settings: Settings, db: Database | None = None) -> Assembly:
     if settings.http.enabled:
         # The management API (/api/v1) and the web view (/ui/) ride on the same server.
         operator = api_routes(ApiContext(db, admin_token(settings), settings.boot_root,
-                                         nodeconfig))
+                                         nodeconfig, settings))
         app = create_app(settings, db, dhcp, nodeconfig.sink, source=source,
                          extra_routes=[*nodeconfig.routes(), *operator],
                          cmdline_hook=nodeconfig.cmdline_hook,

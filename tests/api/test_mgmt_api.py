@@ -201,3 +201,31 @@ async def test_vms_with_their_pci_slot_map(server: Server, db: Database, tmp_pat
         assert vm["slot_map"] == vms[0]["slot_map"]
         assert (await c.get("/vms/nope")).status_code == 404
         assert (await c.get("/hosts")).json() == [] and (await c.get("/flavors")).json() == []
+
+
+async def test_vm_definitions_through_the_api(server: Server, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEETBOOT_VM_RUN_DIR", str(tmp_path / "run"))
+    monkeypatch.setenv("FLEETBOOT_VM_IMAGE_DIR", str(tmp_path / "images"))
+    async with server.client() as c:
+        r = await c.post("/vms", json={"name": "app1", "nics": ["model=virtio-net-pci,boot"]})
+        assert r.status_code == 201, r.text
+        assert [s["device"] for s in r.json()["slots"] if s["device"]] == ["net0"]
+        r = await c.post("/vms", json={"name": "bad", "nics": ["model=e1000,speed=9"]})
+        assert r.status_code == 400 and "unknown key(s) speed" in r.json()["error"]
+        r = await c.post("/vms/app1/hotplug", json={"nic": "model=e1000"})
+        assert r.status_code == 200, r.text
+        assert r.json()["hotplugged"] is False and r.json()["device"] == "net1"
+        r = await c.post("/vms/app1/hotplug", json={})
+        assert r.status_code == 400 and "exactly one of nic or disk" in r.json()["error"]
+        held = [s["device"] for s in (await c.get("/vms/app1")).json()["slots"] if s["device"]]
+        assert held == ["net0", "net1"]
+        r = await c.post("/vms/app1/unplug/net1")
+        assert r.status_code == 200, r.text
+        held = [s["device"] for s in (await c.get("/vms/app1")).json()["slots"] if s["device"]]
+        assert held == ["net0"]
+        assert (await c.delete("/vms/app1")).json() == {"deleted": "app1"}
+        assert (await c.get("/vms")).json() == []
+        kinds = {(e["action"], e["kind"]) for e in (await c.get("/audit")).json()
+                 if e["actor"] == "admin-token"}
+        assert ("create", "vm_instances") in kinds and ("delete", "vm_instances") in kinds
