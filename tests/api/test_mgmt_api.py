@@ -5,6 +5,7 @@ roles, the audit log."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -229,3 +230,25 @@ async def test_vm_definitions_through_the_api(server: Server, tmp_path: Path,
         kinds = {(e["action"], e["kind"]) for e in (await c.get("/audit")).json()
                  if e["actor"] == "admin-token"}
         assert ("create", "vm_instances") in kinds and ("delete", "vm_instances") in kinds
+
+
+async def test_server_sent_events_follow_state_changes(server: Server) -> None:
+    async with server.client() as c:
+        await _fleet(c, 2)
+        await server.follow_inventory()
+        async with c.stream("GET", "/events") as stream:
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            lines = stream.aiter_lines()
+            seen: list[str] = []
+            async for line in lines:  # the first counts arrive at once
+                seen.append(line)
+                if line.startswith("data:") and "OFF" in line:
+                    break
+            assert "event: counts" in seen
+            r = await c.put("/nodes/n00/state", json={"state": "FAILED", "message": "disk"})
+            assert r.status_code == 200
+            async for line in lines:
+                if line.startswith("data:") and '"name": "n00"' in line:
+                    doc = json.loads(line[5:])
+                    assert (doc["state"], doc["message"]) == ("FAILED", "disk")
+                    break
