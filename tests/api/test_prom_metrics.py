@@ -16,7 +16,8 @@ from fleetboot.inventory.db import Database
 
 FAMILIES = ("fleetboot_nodes", "fleetboot_pool_addresses", "fleetboot_pool_addresses_leased",
             "fleetboot_leases", "fleetboot_transfers_in_flight", "fleetboot_admission_queue",
-            "fleetboot_boot_duration_seconds", "fleetboot_boot_events_total",
+            "fleetboot_boot_duration_seconds", "fleetboot_boot_phase_seconds",
+            "fleetboot_boot_events_total",
             "fleetboot_dhcp_dropped_total", "fleetboot_dhcp_ignored_total",
             "fleetboot_dhcp_rx_total", "fleetboot_dhcp_tx_total",
             "fleetboot_admission_booting", "fleetboot_scripts_served_total")
@@ -58,10 +59,14 @@ async def test_metrics_pass_promtool_and_every_family_is_there_from_the_start(
             await api.post("/nodes", json={"name": "a",
                                            "interfaces": [{"mac": "52:54:00:00:00:01"}]})
             await server.follow_inventory()
-            assert (await api.put("/nodes/a/state", json={"state": "UP"})).status_code == 200
+            for state in ("BOOTING", "UP"):
+                r = await api.put("/nodes/a/state", json={"state": state})
+                assert r.status_code == 200
         async with httpx.AsyncClient(base_url=server.url) as c:
             text = (await c.get("/metrics")).text
         assert _promtool(text).returncode == 0
         assert _value(text, 'fleetboot_nodes{state="UP"}') == 1
-        assert _value(text, 'fleetboot_boot_events_total{protocol="admin"}') == 1
+        assert _value(text, 'fleetboot_boot_events_total{protocol="admin"}') == 2
+        assert _value(text, 'fleetboot_boot_phase_seconds_count{phase="BOOTING"}') == 1
+        assert _value(text, 'fleetboot_boot_phase_seconds_count{phase="DHCP"}') == 0
         assert _value(text, 'fleetboot_transfers_in_flight{protocol="http"}') == 0

@@ -28,6 +28,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from fleetboot.nodeconfig.phases import PHASES, PhaseTimes
 from fleetboot.nodeconfig.states import State
 from fleetboot.server.metrics import Metrics, registry
 
@@ -168,6 +169,17 @@ class FleetbootCollector(Collector):
             per_state.add_metric([state], n)
         yield per_state
         yield self.live.boot_times.family()
+        yield self._phase_family(nc)
+
+    @staticmethod
+    def _phase_family(nc: Any) -> Metric:
+        family = HistogramMetricFamily(
+            "fleetboot_boot_phase_seconds",
+            "time nodes spent in a boot phase (the state they left)", labels=["phase"])
+        times = getattr(nc, "phases", None) or PhaseTimes()
+        for phase in PHASES:
+            family.add_metric([phase], times.cumulative(phase), sum_value=times.sums[phase])
+        return family
 
     # --- pools and leases -------------------------------------------------------------------
 
