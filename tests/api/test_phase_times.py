@@ -14,7 +14,7 @@ def test_buckets_are_cumulative_and_bounded() -> None:
     times.observe("DHCP", -1.0)  # a clock step back: ignored
     buckets = dict(times.cumulative("BOOTING"))
     assert buckets["0.5"] == 2 and buckets["5.0"] == 3 and buckets["+Inf"] == 4
-    assert times.sums["BOOTING"] == 1003.6
+    assert times.total("BOOTING") == 1003.6
     assert times.cumulative("DHCP")[-1] == ("+Inf", 0)
 
 

@@ -67,6 +67,12 @@ def _client_boots(lab: Lab, server: FleetbootServer, workdir: Path) -> None:
                     "state=UP&message=booted", f"{server.url}/v1/self/state"])
 
 
+def _sample(text: str, name: str) -> float:
+    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    assert match, f"{name} not in the metrics"
+    return float(match.group(1))
+
+
 def test_the_fleet_page_follows_a_real_boot_live(lab: Lab, tmp_path: Path) -> None:
     shots = Path(os.environ.get("FLEETBOOT_SCREENSHOTS") or tmp_path / "shots")
     shots.mkdir(parents=True, exist_ok=True)
@@ -95,6 +101,17 @@ def test_the_fleet_page_follows_a_real_boot_live(lab: Lab, tmp_path: Path) -> No
             stop_process(driver)
         assert driver.returncode == 0, err.decode()[-3000:]
         seen = json.loads(out.decode().strip().splitlines()[-1])
+        metrics = lab.server.run(["curl", "-sS", "--fail",  # loopback: allowed to scrape
+                                  f"http://127.0.0.1:{server.http_port}/metrics"]).stdout
+        checked = subprocess.run(["promtool", "check", "metrics"], input=metrics, text=True,
+                                 capture_output=True, timeout=60)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+
+    # The same boot, counted: udhcpc's REQUEST got a durable ACK; web1 is UP.
+    assert _sample(metrics, "fleetboot_dhcp_ack_seconds_count") >= 1
+    assert _sample(metrics, 'fleetboot_nodes{state="UP"}') == 1
+    assert _sample(metrics, 'fleetboot_leases{subnet="lab"}') == 1
+    assert _sample(metrics, 'fleetboot_boot_events_total{protocol="dhcp"}') >= 2
 
     assert seen["marker"] == 42  # the same page all along: no reload
     assert seen["states"][0] == "OFF" and seen["states"][-1] == "UP"

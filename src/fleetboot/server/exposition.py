@@ -12,7 +12,6 @@ samples, so dashboards and alerts never see a series appear from nowhere.
 
 from __future__ import annotations
 
-import bisect
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -30,6 +29,8 @@ from prometheus_client.registry import Collector
 
 from fleetboot.nodeconfig.phases import PHASES, PhaseTimes
 from fleetboot.nodeconfig.states import State
+from fleetboot.server.dhcp import ACK_BUCKETS
+from fleetboot.server.histogram import Histogram
 from fleetboot.server.metrics import Metrics, registry
 
 # Keys of the process registry that are levels, not counts.
@@ -54,6 +55,13 @@ KNOWN_COUNTERS = {
     "nodeconfig.events_failed": "boot events the state machine could not apply",
     "nodeconfig.events_unknown_node": "boot events from machines not in the inventory",
 }
+# Counted in microseconds by the lease journal; exposed in the base unit, seconds.
+IN_SECONDS = {
+    "dhcp.journal.commit_us_total": "dhcp.journal.commit_seconds_total",
+    "dhcp.journal.commit_us_max": "dhcp.journal.commit_seconds_max",
+    "dhcp.journal.last_commit_us": "dhcp.journal.last_commit_seconds",
+}
+GAUGES = GAUGES | {IN_SECONDS[k] for k in GAUGES & IN_SECONDS.keys()}
 # (prefix of a dotted key) -> (family, label): "dhcp.drop.malformed" is
 # fleetboot_dhcp_dropped_total{reason="malformed"}.
 LABELLED = {
@@ -83,9 +91,7 @@ class BootTimes:
     """Histogram of boot durations (first DHCP to UP), fed at scrape time from the node
     state machine: each (node, boot number) that reached UP is observed once."""
 
-    buckets: tuple[float, ...] = BOOT_BUCKETS
-    counts: list[int] = field(default_factory=lambda: [0] * (len(BOOT_BUCKETS) + 1))
-    total: float = 0.0
+    histogram: Histogram = field(default_factory=lambda: Histogram(BOOT_BUCKETS))
     seen: dict[int, int] = field(default_factory=dict)  # node id -> boot number observed
     primed: bool = False  # boots finished before the process started are not counted
 
@@ -94,20 +100,15 @@ class BootTimes:
             if st.last_boot_s is None or self.seen.get(node_id) == st.boot:
                 continue
             self.seen[node_id] = st.boot
-            if not self.primed:
-                continue
-            self.counts[bisect.bisect_left(self.buckets, st.last_boot_s)] += 1
-            self.total += st.last_boot_s
+            if self.primed:
+                self.histogram.observe(st.last_boot_s)
         self.primed = True
 
     def family(self) -> HistogramMetricFamily:
-        cumulative, acc = [], 0
-        for bound, n in zip((*map(str, self.buckets), "+Inf"), self.counts, strict=True):
-            acc += n
-            cumulative.append((bound, acc))
         return HistogramMetricFamily("fleetboot_boot_duration_seconds",
                                      "time from a node's first DHCP packet to UP, per boot",
-                                     buckets=cumulative, sum_value=self.total)
+                                     buckets=self.histogram.cumulative(),
+                                     sum_value=self.histogram.total)
 
 
 @dataclass
@@ -136,7 +137,10 @@ class FleetbootCollector(Collector):
     # --- the counters every component keeps -------------------------------------------
 
     def _registry_families(self) -> Iterator[Metric]:
-        snap = {**dict.fromkeys(KNOWN_COUNTERS, 0), **self.metrics.snapshot()}
+        raw = {**dict.fromkeys(KNOWN_COUNTERS, 0), **dict.fromkeys(IN_SECONDS, 0),
+               **self.metrics.snapshot()}
+        snap: dict[str, float] = {IN_SECONDS.get(k, k): v / 1e6 if k in IN_SECONDS else v
+                                  for k, v in raw.items()}
         labelled = {start: CounterMetricFamily("fleetboot_" + name, text, labels=[label])
                     for start, (name, label, text) in LABELLED.items()}
         for source in BOOT_EVENT_SOURCES:
@@ -178,7 +182,7 @@ class FleetbootCollector(Collector):
             "time nodes spent in a boot phase (the state they left)", labels=["phase"])
         times = getattr(nc, "phases", None) or PhaseTimes()
         for phase in PHASES:
-            family.add_metric([phase], times.cumulative(phase), sum_value=times.sums[phase])
+            family.add_metric([phase], times.cumulative(phase), sum_value=times.total(phase))
         return family
 
     # --- pools and leases -------------------------------------------------------------------
@@ -191,6 +195,10 @@ class FleetbootCollector(Collector):
         leases = GaugeMetricFamily("fleetboot_leases", "active DHCP leases (pools and "
                                    "reservations)", labels=["subnet"])
         dhcp = self.live.dhcp
+        ack = getattr(dhcp, "ack_seconds", None) or Histogram(ACK_BUCKETS)
+        yield HistogramMetricFamily(
+            "fleetboot_dhcp_ack_seconds", "DHCP answer time: a REQUEST's arrival to its ACK, "
+            "sent once the lease is durable", buckets=ack.cumulative(), sum_value=ack.total)
         engine = getattr(dhcp, "engine", None)
         if engine is not None:
             now = self.clock()
