@@ -68,5 +68,5 @@ async def test_metrics_pass_promtool_and_every_family_is_there_from_the_start(
         assert _value(text, 'fleetboot_nodes{state="UP"}') == 1
         assert _value(text, 'fleetboot_boot_events_total{protocol="admin"}') == 2
         assert _value(text, 'fleetboot_boot_phase_seconds_count{phase="BOOTING"}') == 1
-        assert _value(text, 'fleetboot_boot_phase_seconds_count{phase="DHCP"}') == 0
+        assert _value(text, 'fleetboot_boot_phase_seconds_count{phase="PXEBOOTING"}') == 0
         assert _value(text, 'fleetboot_transfers_in_flight{protocol="http"}') == 0

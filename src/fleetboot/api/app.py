@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session
 from starlette.routing import BaseRoute, Mount
 
 from fleetboot.api import audit, tokens, views
+from fleetboot.api.feed import Snapshot, StateFeed, live_snapshot
 from fleetboot.api.tokens import Caller
 from fleetboot.boot.images import ImageStore
 from fleetboot.boot.why import explain
@@ -52,21 +53,6 @@ SSE_MAX_S = 25.0  # a stream ends after this; EventSource reconnects by itself
 T = TypeVar("T")
 
 
-class NodeConfigLike:
-    """What the API uses of a running ``NodeConfigService`` (typed loosely on purpose:
-    the API also runs without one, reading what the server stored)."""
-
-    statuses: dict[int, NodeStatus]
-    view: Any
-
-    def report(self, node_id: int, address: str, state: str, message: str,
-               source: str = "node") -> None: ...
-
-    async def settle(self) -> None: ...
-
-    async def reload(self) -> None: ...
-
-
 @dataclass
 class ApiContext:
     db: Database
@@ -74,6 +60,7 @@ class ApiContext:
     boot_root: str | None = None
     nodeconfig: Any = None  # a running NodeConfigService, or None (read stored states)
     settings: Any = None  # fleetboot.config.Settings (the vm: section), or None: defaults
+    feed: StateFeed | None = None  # the live view's state changes (made on first use)
     _cache: dict[str, tuple[Caller | None, float]] = field(default_factory=dict)
 
     def cached_caller(self, secret: str) -> tuple[bool, Caller | None]:
@@ -822,18 +809,22 @@ def _live_routes(app: FastAPI) -> None:
                                           "x-accel-buffering": "no"})
 
 
-def _snapshot(ctx: ApiContext) -> tuple[dict[int, tuple[str, NodeStatus | None]], dict[str, int]]:
-    nc = ctx.nodeconfig
-    if nc is not None:
-        statuses = nc.statuses
-        docs = nc.view.by_id
-        snap = {i: (d.name, statuses.get(i)) for i, d in docs.items()}
-        return snap, views.state_counts(list(docs), statuses)
-    with ctx.db.session() as s:
-        names = dict(s.execute(select(Node.id, Node.name)).tuples().all())
-        known = views.stored_statuses(s)(list(names))
-    snap = {i: (n, known.get(i)) for i, n in names.items()}
-    return snap, views.state_counts(list(names), known)
+def _stored_snapshot(ctx: ApiContext) -> Callable[[], Snapshot]:
+    def take() -> Snapshot:
+        with ctx.db.session() as s:
+            names = dict(s.execute(select(Node.id, Node.name)).tuples().all())
+            return Snapshot(views.stored_statuses(s)(list(names)), names)
+    return take
+
+
+def _feed(ctx: ApiContext) -> StateFeed:
+    if ctx.feed is None:
+        if ctx.nodeconfig is not None:
+            ctx.feed = StateFeed(live_snapshot(ctx.nodeconfig), interval_s=0.25,
+                                 in_thread=False)
+        else:
+            ctx.feed = StateFeed(_stored_snapshot(ctx), interval_s=1.0, in_thread=True)
+    return ctx.feed
 
 
 def _sse(kind: str, data: Any) -> bytes:
@@ -841,30 +832,21 @@ def _sse(kind: str, data: Any) -> bytes:
 
 
 async def _state_stream(ctx: ApiContext, request: Request) -> AsyncIterator[bytes]:
-    poll = 0.25 if ctx.nodeconfig is not None else 1.0
+    feed = _feed(ctx)
+    queue = await feed.subscribe()
     started = time.monotonic()
-    yield b"retry: 500\n\n"
-    last, counts = await _snapshot_async(ctx)
-    yield _sse("counts", counts)
-    while time.monotonic() - started < SSE_MAX_S:
-        await asyncio.sleep(poll)
-        if await request.is_disconnected():
-            return
-        snap, new_counts = await _snapshot_async(ctx)
-        for node_id, (name, st) in snap.items():
-            old = last.get(node_id)
-            if old is None or old[1] != st:
-                yield _sse("state", {"name": name, **views.status_doc(st)})
-        if new_counts != counts:
-            yield _sse("counts", new_counts)
-        last, counts = snap, new_counts
-
-
-async def _snapshot_async(ctx: ApiContext) -> tuple[
-        dict[int, tuple[str, NodeStatus | None]], dict[str, int]]:
-    if ctx.nodeconfig is not None:
-        return _snapshot(ctx)  # memory only: cheaper on the loop than a thread hop
-    return await asyncio.to_thread(_snapshot, ctx)
+    try:
+        yield b"retry: 500\n\n"
+        while time.monotonic() - started < SSE_MAX_S:
+            try:
+                kind, data = await asyncio.wait_for(queue.get(), 1.0)
+            except TimeoutError:
+                if await request.is_disconnected():
+                    return
+                continue
+            yield _sse(kind, data)
+    finally:
+        feed.unsubscribe(queue)
 
 
 def routes(ctx: ApiContext) -> list[BaseRoute]:

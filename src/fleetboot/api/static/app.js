@@ -7,8 +7,6 @@
 const API = "/api/v1";
 const PAGE = 100;
 const TOKEN_KEY = "fleetboot_token";
-const STATES = ["OFF", "DHCP", "FIRMWARE", "BOOTING", "CONFIGURING", "UP", "FAILED", "WAITING",
-                "RELOADING"];
 
 const ui = { view: null, node: null, filter: { state: "", q: "" }, shown: 0, events: null };
 
@@ -118,6 +116,7 @@ function startEvents() {
   es.onerror = () => dot.classList.remove("on");
   es.addEventListener("state", (e) => onState(JSON.parse(e.data)));
   es.addEventListener("counts", (e) => onCounts(JSON.parse(e.data)));
+  es.addEventListener("reload", () => route());  // we fell behind: redraw from the API
   ui.events = es;
 }
 
@@ -186,7 +185,7 @@ function drawChips(counts) {
     class: "chip" + (ui.filter.state === state ? " selected" : ""), "data-state": state,
     onclick: () => { ui.filter.state = state; loadNodes(true); } }, label, h("b", {}, n));
   document.getElementById("chips").replaceChildren(
-    chip("", "all", total), ...STATES.map((s) => chip(s, s, counts[s] || 0)));
+    chip("", "all", total), ...Object.keys(counts).map((s) => chip(s, s, counts[s])));
 }
 
 async function loadNodes(reset) {
