@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Annotated, Any, Literal, TypeVar
 
+import anyio.to_thread
 from fastapi import Body, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -50,6 +51,7 @@ PREFIX = "/api/v1"
 COOKIE = "fleetboot_token"
 TOKEN_CACHE_S = 2.0  # a revoked token stops working within this long
 SSE_MAX_S = 25.0  # a stream ends after this; EventSource reconnects by itself
+API_THREADS = 2  # worker threads for API requests (see _limit_threads)
 T = TypeVar("T")
 
 
@@ -251,8 +253,19 @@ def _secret(request: Request) -> str | None:
     return None
 
 
+def _limit_threads() -> None:
+    """At most ``API_THREADS`` API requests touch the database at once (FastAPI runs sync
+    routes on anyio's default thread limiter). Forty CPU-bound threads would each take
+    the GIL as often as the event loop that answers booting nodes; a queue of API
+    requests waiting here costs the nodes nothing."""
+    limiter = anyio.to_thread.current_default_thread_limiter()
+    if limiter.total_tokens != API_THREADS:
+        limiter.total_tokens = API_THREADS
+
+
 def need(role: str) -> Callable[[Request], Awaitable[Caller]]:
     async def check(request: Request) -> Caller:
+        _limit_threads()
         ctx: ApiContext = request.app.state.api
         secret = _secret(request)
         if secret is None:
