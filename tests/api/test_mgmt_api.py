@@ -252,3 +252,21 @@ async def test_server_sent_events_follow_state_changes(server: Server) -> None:
                     doc = json.loads(line[5:])
                     assert (doc["state"], doc["message"]) == ("FAILED", "disk")
                     break
+
+
+async def test_pages_follow_cli_changes_once_the_server_reloads(server: Server,
+                                                                db: Database) -> None:
+    from fleetboot.inventory import service
+
+    async with server.client() as c:
+        await _fleet(c, 2)
+        await server.follow_inventory()
+        first = (await c.get("/nodes")).json()
+        assert [n["name"] for n in first["items"]] == ["n00", "n01"]
+        with db.session() as s:  # a change that does not go through the API
+            service.add_node(s, "n02", [service.NicSpec("52:54:00:00:09:02")])
+        await server.follow_inventory()  # what the runtime does within a second
+        assert [n["name"] for n in (await c.get("/nodes")).json()["items"]] == [
+            "n00", "n01", "n02"]
+        await c.delete("/nodes/n02")  # through the API: visible at once
+        assert (await c.get("/nodes")).json()["total"] == 2

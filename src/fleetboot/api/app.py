@@ -52,6 +52,7 @@ COOKIE = "fleetboot_token"
 TOKEN_CACHE_S = 2.0  # a revoked token stops working within this long
 SSE_MAX_S = 25.0  # a stream ends after this; EventSource reconnects by itself
 API_THREADS = 2  # worker threads for API requests (see _limit_threads)
+PAGE_CACHE = 4096  # pages of nodes kept per inventory view
 T = TypeVar("T")
 
 
@@ -64,6 +65,8 @@ class ApiContext:
     settings: Any = None  # fleetboot.config.Settings (the vm: section), or None: defaults
     feed: StateFeed | None = None  # the live view's state changes (made on first use)
     _cache: dict[str, tuple[Caller | None, float]] = field(default_factory=dict)
+    _pages: dict[Any, tuple[Any, tuple[int, list[views.InventoryRow]]]] = field(
+        default_factory=dict)
 
     def cached_caller(self, secret: str) -> tuple[bool, Caller | None]:
         """(known, caller) without touching the database: the admin token or a secret
@@ -94,6 +97,25 @@ class ApiContext:
         live: Mapping[int, NodeStatus] = nc.statuses
         return lambda ids: {i: live[i] for i in ids if i in live}
 
+    def inventory_page(self, s: Session, limit: int, offset: int,
+                       filters: views.NodeFilter) -> tuple[int, list[views.InventoryRow]]:
+        """A page of nodes without states; with the server running, kept until the
+        inventory view changes (an operator's poller then costs no query). A state
+        filter needs the stored states, so it is never cached."""
+        nc = self.nodeconfig
+        if nc is None or filters.state:
+            return views.inventory_page(s, limit=limit, offset=offset, filters=filters)
+        key = (limit, offset, filters)
+        hit = self._pages.get(key)
+        if hit is not None and hit[0] is nc.view:
+            return hit[1]
+        view = nc.view  # taken before the query: a reload meanwhile makes this entry stale
+        found = views.inventory_page(s, limit=limit, offset=offset, filters=filters)
+        if len(self._pages) >= PAGE_CACHE:
+            self._pages.clear()
+        self._pages[key] = (view, found)
+        return found
+
     @contextmanager
     def read(self) -> Iterator[Session]:
         with self.db.session() as s:
@@ -105,6 +127,7 @@ class ApiContext:
         actor = audit.Actor(_actor_name(caller), f"{request.method} {request.url.path}")
         with audit.acting_as(actor), self.db.session() as s:
             yield s
+        self._pages.clear()  # our own change shows at once, before the view reloads
 
 
 def _actor_name(caller: Caller) -> str:
@@ -335,9 +358,10 @@ def _node_routes(app: FastAPI) -> None:
         if state is not None and state.upper() not in State.__members__.values():
             raise HTTPException(400, f"unknown state {state!r}; states are "
                                      f"{', '.join(s.value for s in State)}")
+        filters = views.NodeFilter(q, state, arch, mac)
         with ctx.read() as s:
-            total, items = views.node_page(s, ctx.statuses(s), limit=limit, offset=offset,
-                                           filters=views.NodeFilter(q, state, arch, mac))
+            total, page = ctx.inventory_page(s, limit, offset, filters)
+            items = views.with_states(page, ctx.statuses(s))
             counts = _counts(ctx, s)
         return {"total": total, "limit": limit, "offset": offset, "counts": counts,
                 "items": items}

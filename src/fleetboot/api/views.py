@@ -80,9 +80,12 @@ def _filtered(query: Any, f: NodeFilter) -> Any:
     return query
 
 
-def node_page(session: Session, statuses: StatusLookup, *, limit: int, offset: int,
-              filters: NodeFilter = NodeFilter()) -> tuple[int, list[dict[str, Any]]]:
-    """(total matching, one page of node documents) in name order.
+InventoryRow = tuple[int, dict[str, Any]]  # (node id, the node's document without state)
+
+
+def inventory_page(session: Session, *, limit: int, offset: int,
+                   filters: NodeFilter = NodeFilter()) -> tuple[int, list[InventoryRow]]:
+    """(total matching, one page of nodes) in name order, without their states.
 
     Three plain queries (count, the page with its profiles joined, the page's
     interfaces) and no ORM objects: a page costs the same with 100 or 10,000 nodes.
@@ -103,17 +106,28 @@ def node_page(session: Session, statuses: StatusLookup, *, limit: int, offset: i
                 select(Interface.node_id, Interface.mac, Interface.name, Interface.is_boot)
                 .where(Interface.node_id.in_(ids)).order_by(Interface.id)):
             nics[node_id].append({"mac": mac, "name": name, "boot": bool(is_boot)})
-    known = statuses(ids)
     n = len(LEVELS)
-    docs = []
+    page = []
     for row in rows:
         actions, names = row[4:4 + n], row[4 + n:4 + 2 * n]
         boot = {level: None if action is None else {
                     "action": BootAction(action).value, "profile": prof}
                 for level, action, prof in zip(LEVELS, actions, names, strict=True)}
-        docs.append({"name": row[1], "arch": row[2], "interfaces": nics[row[0]], "boot": boot,
-                     "attributes": dict(row[3] or {}), **status_doc(known.get(row[0]))})
-    return int(total), docs
+        page.append((row[0], {"name": row[1], "arch": row[2], "interfaces": nics[row[0]],
+                              "boot": boot, "attributes": dict(row[3] or {})}))
+    return int(total), page
+
+
+def with_states(page: list[InventoryRow], statuses: StatusLookup) -> list[dict[str, Any]]:
+    known = statuses([node_id for node_id, _ in page])
+    return [{**doc, **status_doc(known.get(node_id))} for node_id, doc in page]
+
+
+def node_page(session: Session, statuses: StatusLookup, *, limit: int, offset: int,
+              filters: NodeFilter = NodeFilter()) -> tuple[int, list[dict[str, Any]]]:
+    """(total matching, one page of node documents with their states) in name order."""
+    total, page = inventory_page(session, limit=limit, offset=offset, filters=filters)
+    return total, with_states(page, statuses)
 
 
 def db_state_counts(session: Session) -> dict[str, int]:
