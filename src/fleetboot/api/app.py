@@ -3,8 +3,9 @@ so the OpenAPI document comes from the same pydantic models that validate reques
 
 Every route calls the service layer the CLI calls (``inventory.service``,
 ``nodeconfig.store``, ``api.tokens``, ``api.views``); nothing here decides a rule
-of the inventory. Database work runs in the thread pool (sync routes), never on
-the event loop. Each request runs as its caller (:mod:`fleetboot.api.audit`), so
+of the inventory. Database work runs in worker threads (sync routes; at most
+``API_THREADS`` at once, so the API never crowds out the event loop that answers
+booting nodes), never on the loop. Each request runs as its caller (:mod:`fleetboot.api.audit`), so
 every change lands in the audit log in the same transaction.
 
 Authentication: ``Authorization: Bearer <token>`` (a named token of ``fleetboot
