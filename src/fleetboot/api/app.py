@@ -52,7 +52,7 @@ PREFIX = "/api/v1"
 COOKIE = "fleetboot_token"
 TOKEN_CACHE_S = 2.0  # a revoked token stops working within this long
 SSE_MAX_S = 25.0  # a stream ends after this; EventSource reconnects by itself
-API_THREADS = 2  # worker threads for API requests (see _limit_threads)
+API_THREADS = 1  # worker threads for API requests (see _limit_threads)
 PAGE_CACHE = 4096  # pages of nodes kept per inventory view
 T = TypeVar("T")
 
@@ -732,13 +732,18 @@ def _vm_service(ctx: ApiContext) -> Any:
     return VmService(ctx.db, settings)
 
 
-def _vm_call(ctx: ApiContext, caller: Caller, request: Request,
-             call: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
-    """Run a VM operation (QMP, QEMU, disk images) on its own loop in this worker thread,
-    as ``caller`` (its database changes are audited)."""
+async def _vm_call(ctx: ApiContext, caller: Caller, request: Request,
+                   call: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
+    """Run a VM operation (QMP, QEMU, disk images: seconds, not milliseconds) on its own
+    loop in a thread of its own, outside the API's thread limit, as ``caller`` (its
+    database changes are audited)."""
     actor = audit.Actor(_actor_name(caller), f"{request.method} {request.url.path}")
-    with audit.acting_as(actor):
-        return asyncio.run(call(_vm_service(ctx)))
+
+    def run() -> T:
+        with audit.acting_as(actor):
+            return asyncio.run(call(_vm_service(ctx)))
+
+    return await asyncio.to_thread(run)
 
 
 def _vm_routes(app: FastAPI) -> None:
@@ -753,7 +758,7 @@ def _vm_routes(app: FastAPI) -> None:
         return _vm_doc(_vm_service(_ctx(request)).read(name), True)
 
     @app.post("/vms", status_code=201, tags=["vms"])
-    def create_vm(request: Request, body: VmIn, caller: Operator) -> dict[str, Any]:
+    async def create_vm(request: Request, body: VmIn, caller: Operator) -> dict[str, Any]:
         """Define a VM: machine type, firmware and PCI layout are pinned now."""
         from fleetboot.vm import planner
         from fleetboot.vm.firmware import parse_firmware
@@ -764,28 +769,29 @@ def _vm_routes(app: FastAPI) -> None:
                           nics=tuple(parse_nic(n) for n in body.nics),
                           disks=tuple(parse_disk(d) for d in body.disks), accel=body.accel,
                           firmware=parse_firmware(body.firmware) if body.firmware else None)
-        view = _vm_call(_ctx(request), caller, request, lambda svc: svc.create(spec))
+        view = await _vm_call(_ctx(request), caller, request, lambda svc: svc.create(spec))
         return _vm_doc(view, True)
 
     @app.delete("/vms/{name}", tags=["vms"], response_model=Deleted)
-    def delete_vm(request: Request, name: str, caller: Operator,
-                  images: bool = False) -> dict[str, str]:
-        _vm_call(_ctx(request), caller, request, lambda svc: svc.delete(name, images=images))
+    async def delete_vm(request: Request, name: str, caller: Operator,
+                        images: bool = False) -> dict[str, str]:
+        await _vm_call(_ctx(request), caller, request,
+                       lambda svc: svc.delete(name, images=images))
         return {"deleted": name}
 
     @app.post("/vms/{name}/start", tags=["vms"])
-    def start_vm(request: Request, name: str, caller: Operator) -> dict[str, Any]:
-        return _vm_doc(_vm_call(_ctx(request), caller, request, lambda svc: svc.start(name)),
-                       True)
+    async def start_vm(request: Request, name: str, caller: Operator) -> dict[str, Any]:
+        view = await _vm_call(_ctx(request), caller, request, lambda svc: svc.start(name))
+        return _vm_doc(view, True)
 
     @app.post("/vms/{name}/stop", tags=["vms"])
-    def stop_vm(request: Request, name: str, caller: Operator) -> dict[str, Any]:
-        return _vm_doc(_vm_call(_ctx(request), caller, request, lambda svc: svc.stop(name)),
-                       True)
+    async def stop_vm(request: Request, name: str, caller: Operator) -> dict[str, Any]:
+        view = await _vm_call(_ctx(request), caller, request, lambda svc: svc.stop(name))
+        return _vm_doc(view, True)
 
     @app.post("/vms/{name}/hotplug", tags=["vms"])
-    def hotplug(request: Request, name: str, body: HotplugIn,
-                caller: Operator) -> dict[str, Any]:
+    async def hotplug(request: Request, name: str, body: HotplugIn,
+                      caller: Operator) -> dict[str, Any]:
         """Add a NIC or a disk at its planned slot (to the definition if the VM is stopped)."""
         from fleetboot.vm.specs import SpecError, parse_disk, parse_nic
 
@@ -793,23 +799,25 @@ def _vm_routes(app: FastAPI) -> None:
             raise SpecError("give exactly one of nic or disk")
         if body.nic is not None:
             nic = parse_nic(body.nic)
-            result = _vm_call(_ctx(request), caller, request,
-                              lambda svc: svc.hotplug_nic(name, nic))
+            result = await _vm_call(_ctx(request), caller, request,
+                                    lambda svc: svc.hotplug_nic(name, nic))
         else:
             disk = parse_disk(body.disk or "")
-            result = _vm_call(_ctx(request), caller, request,
-                              lambda svc: svc.hotplug_disk(name, disk))
+            result = await _vm_call(_ctx(request), caller, request,
+                                    lambda svc: svc.hotplug_disk(name, disk))
         return asdict(result)
 
     @app.post("/vms/{name}/unplug/{device}", tags=["vms"])
-    def unplug(request: Request, name: str, device: str, caller: Operator) -> dict[str, Any]:
-        result = _vm_call(_ctx(request), caller, request, lambda svc: svc.unplug(name, device))
+    async def unplug(request: Request, name: str, device: str,
+                     caller: Operator) -> dict[str, Any]:
+        result = await _vm_call(_ctx(request), caller, request,
+                                lambda svc: svc.unplug(name, device))
         return asdict(result)
 
     @app.post("/vms/{name}/migrate", tags=["vms"])
-    def migrate(request: Request, name: str, caller: Operator) -> dict[str, Any]:
+    async def migrate(request: Request, name: str, caller: Operator) -> dict[str, Any]:
         """Live-migrate the VM to a new QEMU on this host (the layout is kept)."""
-        result = _vm_call(_ctx(request), caller, request, lambda svc: svc.migrate(name))
+        result = await _vm_call(_ctx(request), caller, request, lambda svc: svc.migrate(name))
         return {"uri": result.uri, "seconds": result.seconds, "pid": result.pid}
 
     @app.get("/hosts", tags=["vms"])
