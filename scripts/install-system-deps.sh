@@ -14,6 +14,7 @@ PKGS=(
   libvirt-clients libxml2-utils libvirt-daemon libvirt-dev pkg-config
   openipmi ipmitool apache2-utils openssl
   debootstrap e2fsprogs wireguard-tools
+  prometheus chromium chromium-driver
 )
 missing=()
 for p in "${PKGS[@]}"; do

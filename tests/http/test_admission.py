@@ -180,7 +180,7 @@ class Rig:
 
 
 def _metric(text: str, name: str) -> int:
-    match = re.search(rf"^fleetboot_{name} (\d+)$", text, re.M)
+    match = re.search(rf"^fleetboot_{name}(?:_total)? (\d+)(?:\.0)?$", text, re.M)
     assert match, f"{name} not in metrics"
     return int(match.group(1))
 

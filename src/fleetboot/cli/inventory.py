@@ -9,7 +9,16 @@ from typing import Any
 
 import typer
 
-from fleetboot.cli.common import console, friendly_errors, state, table
+from fleetboot.cli.common import (
+    Output,
+    OutputOpt,
+    console,
+    emit,
+    emit_one,
+    friendly_errors,
+    state,
+    table,
+)
 from fleetboot.inventory import service, yamlio
 from fleetboot.inventory.models import BootAction, Node
 
@@ -49,28 +58,42 @@ def node_add(
 
 @node_app.command("list")
 @friendly_errors
-def node_list(ctx: typer.Context) -> None:
+def node_list(ctx: typer.Context, output: OutputOpt = Output.TABLE) -> None:
     """List nodes with their interfaces and boot settings."""
     with state(ctx).db.session() as s:
-        tab = table("node", "arch", "interfaces", "boot")
-        for node in service.list_nodes(s):
-            nics = ", ".join(f"{i.mac}{'*' if i.is_boot else ''}" for i in node.interfaces)
-            tab.add_row(node.name, node.arch, nics, _boot_summary(node))
-        console.print(tab)
+        rows = [_node_record(node) for node in service.list_nodes(s)]
+    if output is not Output.TABLE:
+        emit(rows, output=output)
+        return
+    emit([{"node": r["name"], "arch": r["arch"],
+           "interfaces": ", ".join(f"{i['mac']}{'*' if i['boot'] else ''}"
+                                   for i in r["interfaces"]),
+           "boot": r["boot"]} for r in rows])
+    if console.is_terminal:
         console.print("[dim]* = designated boot interface[/]")
+
+
+def _node_record(node: Node) -> dict[str, Any]:
+    return {"name": node.name, "arch": node.arch,
+            "interfaces": [{"mac": i.mac, "name": i.name, "boot": i.is_boot}
+                           for i in node.interfaces],
+            "boot": _boot_summary(node)}
 
 
 @node_app.command("show")
 @friendly_errors
-def node_show(ctx: typer.Context, name: str) -> None:
+def node_show(ctx: typer.Context, name: str, output: OutputOpt = Output.TABLE) -> None:
     """Show one node."""
     with state(ctx).db.session() as s:
         node = service.get_node(s, name)
-        tab = table("interface", "mac", "boot", title=f"node {node.name} ({node.arch})")
-        for i in node.interfaces:
-            tab.add_row(i.name or "-", i.mac, "yes" if i.is_boot else "")
-        console.print(tab)
-        console.print(f"boot: {_boot_summary(node)}")
+        record = _node_record(node)
+    if output is not Output.TABLE:
+        emit_one(record, output)
+        return
+    emit([{"interface": i["name"] or "-", "mac": i["mac"], "boot": "yes" if i["boot"] else ""}
+          for i in record["interfaces"]],
+         title=f"node {record['name']} ({record['arch']})")
+    console.print(f"boot: {record['boot']}")
 
 
 @node_app.command("edit")
@@ -167,16 +190,21 @@ def subnet_add(
 
 @subnet_app.command("list")
 @friendly_errors
-def subnet_list(ctx: typer.Context) -> None:
+def subnet_list(ctx: typer.Context, output: OutputOpt = Output.TABLE) -> None:
     """List subnets with their pools and reservations (`subnet show NAME` for details)."""
     with state(ctx).db.session() as s:
-        tab = table("subnet", "cidr", "router", "pools", "reservations", "lease")
-        for sub in service.list_subnets(s):
-            pools = ", ".join(f"{p.start}-{p.end}" for p in sub.pools)
-            reserved = ", ".join(f"{r.address} {r.mac}" for r in sub.reservations)
-            tab.add_row(sub.name, sub.cidr, sub.router or "-", pools, reserved or "-",
-                        f"{sub.lease_seconds}s")
-        console.print(tab)
+        rows: list[dict[str, Any]]
+        rows = [{"subnet": sub.name, "cidr": sub.cidr, "router": sub.router,
+                 "pools": [f"{p.start}-{p.end}" for p in sub.pools],
+                 "reservations": [{"mac": r.mac, "address": r.address, "hostname": r.hostname}
+                                  for r in sub.reservations],
+                 "lease": sub.lease_seconds} for sub in service.list_subnets(s)]
+    if output is not Output.TABLE:
+        emit(rows, output=output)
+        return
+    emit([{**r, "pools": ", ".join(r["pools"]),
+           "reservations": ", ".join(f"{x['address']} {x['mac']}" for x in r["reservations"])
+           or "-", "lease": f"{r['lease']}s"} for r in rows])
 
 
 @subnet_app.command("show")
@@ -308,13 +336,13 @@ def profile_add(
 
 @profile_app.command("list")
 @friendly_errors
-def profile_list(ctx: typer.Context) -> None:
+def profile_list(ctx: typer.Context, output: OutputOpt = Output.TABLE) -> None:
     """List boot profiles."""
     with state(ctx).db.session() as s:
-        tab = table("profile", "kind", "kernel", "initrd", "cmdline")
-        for p in service.list_profiles(s):
-            tab.add_row(p.name, p.kind.value, p.kernel or "-", p.initrd or "-", p.cmdline or "")
-        console.print(tab)
+        rows = [{"profile": p.name, "kind": p.kind.value, "kernel": p.kernel,
+                 "initrd": p.initrd, "cmdline": p.cmdline or ""}
+                for p in service.list_profiles(s)]
+    emit(rows, ["profile", "kind", "kernel", "initrd", "cmdline"], output)
 
 
 @profile_app.command("remove")

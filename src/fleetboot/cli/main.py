@@ -16,6 +16,14 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from fleetboot.version import version
+
+        typer.echo(f"fleetboot {version()}")
+        raise typer.Exit()
+
+
 @app.callback()
 def main(
     ctx: typer.Context,
@@ -23,6 +31,8 @@ def main(
         None, "--config", "-c", envvar="FLEETBOOT_CONFIG",
         help="configuration file (default: ./fleetboot.yaml, then /etc/fleetboot/)",
     ),
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                 help="print the version and exit"),
 ) -> None:
     ctx.obj = CliState(config)
 
@@ -46,6 +56,8 @@ _GROUPS = (
     ("fleetboot.cli.passthrough", "flavor_app", "flavor"),
     ("fleetboot.cli.storm", "app", "storm"),
     ("fleetboot.cli.power", "app", "power"),
+    ("fleetboot.cli.api", "token_app", "token"),
+    ("fleetboot.cli.api", "app", None),
 )
 
 

@@ -8,6 +8,7 @@ running server and after it stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -19,8 +20,16 @@ import yaml
 from rich.text import Text
 from sqlalchemy import select
 
-from fleetboot.boot.decision import decide
-from fleetboot.cli.common import console, friendly_errors, state, table
+from fleetboot.boot.why import explain
+from fleetboot.cli.common import (
+    Output,
+    OutputOpt,
+    console,
+    emit,
+    friendly_errors,
+    state,
+    table,
+)
 from fleetboot.inventory import service as inventory
 from fleetboot.inventory import service6 as inventory6
 from fleetboot.inventory.models import Node
@@ -55,11 +64,15 @@ def leases(
     ctx: typer.Context,
     subnet: str | None = typer.Option(None, "--subnet", help="only this subnet's leases"),
     expired: bool = typer.Option(False, "--expired", help="also leases that have run out"),
+    output: OutputOpt = Output.TABLE,
 ) -> None:
     """DHCP leases (IPv4, then IPv6) as the server last stored them: address, MAC, node, expiry."""
     now = time.time()
     with state(ctx).db.session() as s:
         rows = inventory6.list_all_leases(s, now=now, subnet=subnet, include_expired=expired)
+    if output is not Output.TABLE:
+        emit([dataclasses.asdict(v) for v in rows], output=output)
+        return
     tab = table("address", "MAC", "node", "hostname", "subnet", "expires",
                 title=f"{len(rows)} lease(s)")
     for v in rows:
@@ -83,25 +96,29 @@ def _state_text(st: NodeStatus | None, now: float) -> Text:
 
 @app.command("nodes")
 @friendly_errors
-def nodes_cmd(ctx: typer.Context) -> None:
+def nodes_cmd(ctx: typer.Context, output: OutputOpt = Output.TABLE) -> None:
     """Every node: state, for how long, address, and how long its last boot took."""
     now = time.time()
     with state(ctx).db.session() as s:
         statuses = read_states(s)
         power = power_states(s)
-        tab = table("node", "state", "since", "address", "boot", "last boot", "note", "power")
-        for node in inventory.list_nodes(s):
-            st = statuses.get(node.id)
-            tab.add_row(
-                node.name, _state_text(st, now),
-                _ago(now - st.since) if st and st.since else "-",
-                (st.address if st else None) or "-",
-                str(st.boot) if st else "0",
-                f"{st.last_boot_s:.1f} s" if st and st.last_boot_s is not None else "-",
-                Text(st.message if st else "", style="dim"),
-                power.get(node.id, "-"),
-            )
-    console.print(tab)
+        nodes = [(node.id, node.name, statuses.get(node.id)) for node in inventory.list_nodes(s)]
+    if output is not Output.TABLE:
+        emit([{"node": name, "state": _state_text(st, now).plain,
+               "since": st.since if st else None, "address": st.address if st else None,
+               "boot": st.boot if st else 0, "last_boot_s": st.last_boot_s if st else None,
+               "message": st.message if st else "", "power": power.get(nid)}
+              for nid, name, st in nodes], output=output)
+        return
+    emit([{"node": name, "state": st,
+           "since": _ago(now - st.since) if st and st.since else "-",
+           "address": (st.address if st else None) or "-",
+           "boot": str(st.boot) if st else "0",
+           "last boot": f"{st.last_boot_s:.1f} s" if st and st.last_boot_s is not None else "-",
+           "note": st.message if st else "", "power": power.get(nid, "-")}
+          for nid, name, st in nodes],
+         styles={"state": lambda st: _state_text(st, now),
+                 "note": lambda note: Text(note, style="dim")})
 
 
 def _node_id(s: Any, name: str) -> int:
@@ -152,21 +169,15 @@ def why_cmd(ctx: typer.Context, node: str) -> None:
     """What a node boots next and which rule decided it."""
     with state(ctx).db.session() as s:
         n = inventory.get_node(s, node)
-        decision = decide(n)
-        console.print(f"[bold]{n.name}[/] boots {decision.describe()}")
-        if decision.one_shot:
+        why = explain(n)
+        console.print(f"[bold]{n.name}[/] boots {why.boots}")
+        if why.one_shot:
             console.print("  (a one-shot boot: after it is served the node returns to its "
                           "temporary or default boot)")
-        for level in inventory.LEVELS:
-            action = getattr(n, f"{level}_action")
-            profile = getattr(n, f"{level}_profile")
-            shown = "-" if action is None else (profile.name if profile else action.value)
+        for level, shown in why.levels.items():
             console.print(f"  {level:8} {shown}")
-        if decision.profile is not None:
-            p = decision.profile
-            console.print(f"  profile {p.name}: kernel={p.kernel or '-'} initrd={p.initrd or '-'}"
-                          f" cmdline={p.cmdline or '-'}" if p.script is None
-                          else f"  profile {p.name}: its own iPXE script")
+        if why.profile_detail is not None:
+            console.print(f"  profile {why.profile}: {why.profile_detail}")
         row = s.get(NodeStateRow, n.id)
         if row is not None:
             console.print(f"  state now: {row.state} (boot {row.boot})"

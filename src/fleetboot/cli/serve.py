@@ -20,18 +20,20 @@ def serve(
     config: str | None = typer.Option(
         None, "--config", "-c", help="configuration file (same as the global --config)"),
     log_level: str = typer.Option("info", help="debug | info | warning | error"),
+    log_format: str = typer.Option("text", "--log-format", help="text | json (one object "
+                                   "per line)"),
     ready_file: Path | None = typer.Option(
         None, help="write this file once every service listens (for scripts and tests)"),
 ) -> None:
     """Serve DHCP+PXE, TFTP, HTTP boot and node configuration until SIGINT/SIGTERM;
     SIGHUP reloads the configuration file (what can change while serving)."""
+    from fleetboot.logjson import configure as configure_logging
     from fleetboot.server.assemble import assemble
     from fleetboot.server.reload import ConfigReloader, assembly_appliers
     from fleetboot.server.runtime import tune_gc_for_packets
     from fleetboot.server.startup_checks import startup_warnings
 
-    logging.basicConfig(level=log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(log_level, log_format)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     tune_gc_for_packets()
     cli = state(ctx)

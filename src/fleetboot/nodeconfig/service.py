@@ -34,6 +34,7 @@ from fleetboot.inventory.db import Database
 from fleetboot.nodeconfig import cloudinit
 from fleetboot.nodeconfig.documents import DocumentCache, View
 from fleetboot.nodeconfig.fastpath import ConfigFastPath, uvicorn_protocol
+from fleetboot.nodeconfig.phases import PhaseTimes
 from fleetboot.nodeconfig.render import NodeDocuments
 from fleetboot.nodeconfig.responder import ConfigResponder, Reply, client_address
 from fleetboot.nodeconfig.states import (
@@ -128,6 +129,7 @@ class NodeConfigService:
                                          clock, s.require_token, s.fetch_event_interval_s)
         self.statuses: dict[int, NodeStatus] = {}
         self.counters: Counter[str] = Counter()
+        self.phases = PhaseTimes()  # time spent per boot phase (metrics)
         self._pending: list[tuple[int | None, BootEvent]] = []
         self._seq = itertools.count(int(clock() * 1_000_000))  # grows across restarts
         self._token_lock = threading.Lock()  # the iPXE renderer may call from a thread
@@ -267,6 +269,8 @@ class NodeConfigService:
         if event.address and event.address != new.address:
             new = replace(new, address=event.address)
         if new != old:
+            if new.state is not old.state and old.since:
+                self.phases.observe(old.state.value, new.since - old.since)
             self.statuses[node_id] = new
             self.writer.state(node_id, new)
         self.counters[f"events_{event.source}"] += 1

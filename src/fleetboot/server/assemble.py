@@ -13,6 +13,8 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from fleetboot.api.app import ApiContext
+from fleetboot.api.app import routes as api_routes
 from fleetboot.boot.files import BootFileSource
 from fleetboot.config import Settings, admin_token
 from fleetboot.inventory.db import Database
@@ -110,8 +112,12 @@ def assemble(settings: Settings, db: Database | None = None) -> Assembly:
     if dhcp6 is not None:
         reload_hooks.append(dhcp6.reload)
     if settings.http.enabled:
+        # The management API (/api/v1) and the web view (/ui/) ride on the same server.
+        operator = api_routes(ApiContext(db, admin_token(settings), settings.boot_root,
+                                         nodeconfig, settings))
         app = create_app(settings, db, directory, nodeconfig.sink, source=source,
-                         extra_routes=nodeconfig.routes(), cmdline_hook=nodeconfig.cmdline_hook,
+                         extra_routes=[*nodeconfig.routes(), *operator],
+                         cmdline_hook=nodeconfig.cmdline_hook,
                          node_status=node_status_probe(nodeconfig))
         # Scripts render from an in-memory view the runtime reloads on revision changes;
         # started (view loaded) before HTTP accepts the first request.
@@ -122,6 +128,8 @@ def assemble(settings: Settings, db: Database | None = None) -> Assembly:
         if dhcp6 is not None and settings.dhcp6.dual_stack:
             http.extra_hosts = ("::",)
         services += [scripts, http]
+        live = app.state.exposition.live  # /metrics reads these at scrape time
+        live.nodeconfig, live.dhcp, live.tftp = nodeconfig, dhcp, tftp
     runtime = Runtime(db, services, reload_hooks=reload_hooks)
     # Everything counted, in GET /metrics (DHCP and HTTP register their own).
     registry.register("nodeconfig", nodeconfig.counters)

@@ -51,6 +51,7 @@ from fleetboot.protocols.dhcp.view import DhcpView
 from fleetboot.server.dhcp_view import load_view
 from fleetboot.server.dhcpwatch import SiteServerWatch
 from fleetboot.server.events import BootEvent, EventSink
+from fleetboot.server.histogram import Histogram
 from fleetboot.server.instance_lock import claim_interfaces, release
 from fleetboot.server.leases import LeaseJournal, load_leases
 from fleetboot.server.metrics import Metrics, RateLimitedLog, registry
@@ -175,6 +176,7 @@ def _no_address(name: str) -> str:
                 "list the interfaces with `ip -br addr` and fix dhcp.interfaces")
     return (f"interface {name} (in dhcp.interfaces) has no IPv4 address; give it one "
             f"(ip addr add 10.0.0.1/24 dev {name}) or remove it from dhcp.interfaces")
+ACK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 class Pacer:
@@ -215,6 +217,8 @@ class DhcpService:
         self.view_loader = view_loader or (lambda: load_view(db))
         self._events = events
         self.metrics = metrics
+        # Seconds from a REQUEST's arrival to its ACK (after the lease is durable).
+        self.ack_seconds = Histogram(ACK_BUCKETS)
         self.leases = LeaseTable()
         self.engine: DhcpEngine | None = None
         self.journal: LeaseJournal | None = None
@@ -390,15 +394,18 @@ class DhcpService:
                 continue
             if reply.record is not None:
                 # Durable first: the journal hands the reply back once committed.
-                journal.submit(reply.record, (listener, reply) if reply.data else None)
+                # ``now`` (the burst's receive time) rides along: the ACK's answer time.
+                journal.submit(reply.record, (listener, reply, now) if reply.data else None)
             elif reply.data is not None:
                 self._paced(listener, reply)
 
-    def _committed(self, tokens: list[tuple[Listener, Reply]], ok: bool) -> None:
+    def _committed(self, tokens: list[tuple[Listener, Reply, float]], ok: bool) -> None:
         if not ok:
             self.metrics.inc("dhcp.ack_not_sent", len(tokens))
             return
-        for listener, reply in tokens:
+        done, answered = time.time(), self.ack_seconds.observe
+        for listener, reply, received in tokens:
+            answered(done - received)  # request in to durable ACK out (the group commit)
             self._paced(listener, reply)
 
     def _paced(self, listener: Listener, reply: Reply) -> None:

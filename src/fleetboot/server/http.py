@@ -28,7 +28,8 @@ boot cannot follow):
   exact Content-Length; static files go out with sendfile(2) where the loop
   supports it. Large files wait for a transfer slot (``admission.max_transfers``).
 * ``/metrics`` (GET): every counter and gauge of the process in the Prometheus
-  text format, for loopback peers or with the admin token.
+  text format (typed families, ``server/exposition.py``), for loopback peers or
+  with the admin token.
 * ``/healthz`` (GET, HEAD): for a supervisor or load balancer. 200 once the
   inventory view is loaded (and the event loop answered, so it is not stuck),
   503 while starting; no secrets, open to all.
@@ -79,6 +80,8 @@ from fleetboot.server.admission import (
 )
 from fleetboot.server.directory import LeaseDirectory
 from fleetboot.server.events import BootEvent, EventSink, discard
+from fleetboot.server.exposition import CONTENT_TYPE as EXPOSITION_TYPE
+from fleetboot.server.exposition import Exposition, LiveSources
 from fleetboot.server.httpfiles import (
     BootFileResponse,
     Transfer,
@@ -272,9 +275,9 @@ async def _metrics(request: Request) -> Response:
         return PlainTextResponse("metrics are for loopback or the admin token\n",
                                  status_code=403)
     ctx.scripts.sweep()  # boots that ended since the last script request
-    return PlainTextResponse(registry.render_text(),
-                             media_type="text/plain; version=0.0.4; charset=utf-8",
-                             headers={"cache-control": "no-store"})
+    exposition: Exposition = request.app.state.exposition
+    return Response(exposition.render(), media_type=EXPOSITION_TYPE,
+                    headers={"cache-control": "no-store"})
 
 
 def _bearer_ok(request: Request, token: str | None) -> bool:
@@ -330,6 +333,8 @@ def create_app(
     app.router.redirect_slashes = False  # UEFI HTTP boot cannot follow a redirect
     app.state.fleetboot = HttpContext(settings, directory, events, source, scripts, gate,
                                       admin_token(settings))
+    # Typed Prometheus families, read at scrape time (assemble adds DHCP, TFTP, node states).
+    app.state.exposition = Exposition(live=LiveSources(gate=gate, admission=admission))
     return app
 
 
