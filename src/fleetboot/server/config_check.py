@@ -1,0 +1,57 @@
+"""``fleetboot check``: every configuration mistake Fleetboot can see without booting.
+
+The start-up warnings (boot root, server_address, the architecture table) plus what
+needs the inventory: profiles whose kernel or initrd is not under the boot root.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from fleetboot.boot.ipxe import ProfileSpec
+from fleetboot.config import Settings
+from fleetboot.inventory.models import BootProfile, ProfileKind
+from fleetboot.server.startup_checks import startup_warnings
+
+
+def profile_image_warnings(profiles: Iterable[ProfileSpec],
+                           exists: Callable[[str], bool]) -> list[str]:
+    """One line per kernel/initrd a profile names that is not a file (URLs are left to
+    the network). Pure apart from ``exists``."""
+    out = []
+    for prof in profiles:
+        if prof.kind is not ProfileKind.KERNEL:
+            continue
+        for role, path in (("kernel", prof.kernel), ("initrd", prof.initrd)):
+            if not path or "://" in path:
+                continue
+            if not exists(path.lstrip("/")):
+                out.append(f"profile {prof.name!r} {role} {path} does not exist under the "
+                           f"boot root; store it (fleetboot image add FILE) and point the "
+                           f"profile at the printed path (fleetboot profile add {prof.name} "
+                           f"--{role} PATH)")
+    return out
+
+
+def _under(root: Path) -> Callable[[str], bool]:
+    resolved = root.resolve()
+
+    def exists(path: str) -> bool:
+        target = (resolved / path).resolve()
+        return target.is_relative_to(resolved) and target.is_file()  # nothing outside the root
+
+    return exists
+
+
+def check_configuration(settings: Settings, session: Session) -> list[str]:
+    out = startup_warnings(settings)
+    root = Path(settings.boot_root)
+    if root.is_dir():
+        profiles = [ProfileSpec.of(p) for p in
+                    session.scalars(select(BootProfile).order_by(BootProfile.name))]
+        out += profile_image_warnings(profiles, _under(root))
+    return out
