@@ -11,6 +11,7 @@ PKGS=(
   wrk nginx-light nftables
   postgresql
   libvirt-clients libxml2-utils libvirt-daemon libvirt-dev pkg-config
+  shim-signed grub-efi-amd64-signed  # the Secure Boot chain (tests/firmware)
 )
 missing=()
 for p in "${PKGS[@]}"; do
