@@ -17,10 +17,14 @@ from typer.testing import CliRunner
 from fleetboot.boot.ipxe import ProfileSpec
 from fleetboot.boot.programs import SHIPPED, architecture_warnings, shipped
 from fleetboot.cli.main import app
-from fleetboot.config import Settings, default_arch_table
+from fleetboot.config import ArchBoot, Settings, default_arch_table
 from fleetboot.inventory.models import ProfileKind
 from fleetboot.protocols.dhcp.settings import default_architectures
-from fleetboot.server.config_check import profile_image_warnings
+from fleetboot.server.config_check import (
+    architecture_url_warnings,
+    head_url,
+    profile_image_warnings,
+)
 from fleetboot.server.startup_checks import startup_warnings
 
 Entry = tuple[str, str | None, str | None]
@@ -137,3 +141,36 @@ def test_check_command_reports_every_mistake(tmp_path: Path,
     code, out = _run(tmp_path, {**base, "boot_root": str(tmp_path / "nowhere"),
                                 "server_address": "192.0.2.77"})
     assert code == 1 and "does not exist" in out
+
+
+def test_check_asks_urls_in_the_table(tmp_path: Path) -> None:
+    """A real HTTP server on loopback: the URL it serves passes, a 404 and a closed
+    port are named."""
+    import http.server
+    import threading
+
+    (tmp_path / "ipxe.efi").write_bytes(b"x")
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a: object, **kw: object) -> None:
+            super().__init__(*a, directory=str(tmp_path), **kw)  # type: ignore[arg-type]
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        settings = Settings(boot_root=str(tmp_path), architectures={
+            16: ArchBoot(name="ok", http_file=f"{base}/ipxe.efi"),
+            19: ArchBoot(name="gone", http_file=f"{base}/arm64/none.efi"),
+            15: ArchBoot(name="mine", http_file="http://{http_host}:{http_port}/x.efi"),
+            7: ArchBoot(name="closed", tftp_file="http://127.0.0.1:1/x.efi")})
+        warnings = architecture_url_warnings(settings, head_url)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert len(warnings) == 2
+    assert warnings[0].startswith("architecture 7 (closed)") and "does not answer" in warnings[0]
+    assert "architecture 19 (gone)" in warnings[1] and "HTTP 404" in warnings[1]

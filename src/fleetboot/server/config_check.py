@@ -6,6 +6,8 @@ needs the inventory: profiles whose kernel or initrd is not under the boot root.
 
 from __future__ import annotations
 
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -37,6 +39,37 @@ def profile_image_warnings(profiles: Iterable[ProfileSpec],
     return out
 
 
+def architecture_url_warnings(settings: Settings,
+                              probe: Callable[[str], str | None]) -> list[str]:
+    """Table entries naming a URL that does not answer; ``probe`` returns why not (or
+    None). URLs with ``{http_host}`` placeholders are Fleetboot's own: not probed."""
+    out = []
+    for code in sorted(settings.architectures):
+        entry = settings.architectures[code]
+        for field, name in (("tftp_file", entry.tftp_file), ("http_file", entry.http_file)):
+            if not name or "://" not in name or "{" in name:
+                continue
+            why = probe(name)
+            if why is not None:
+                out.append(f"architecture {code} ({entry.name}) {field} {name} does not "
+                           f"answer ({why}); fix the URL or the server behind it")
+    return out
+
+
+def head_url(url: str, timeout_s: float = 3.0) -> str | None:
+    """Why ``url`` does not answer a HEAD with 2xx (None: it does)."""
+    if not url.startswith(("http://", "https://")):
+        return None  # tftp:// and others: nothing to ask without a client of that kind
+    request = urllib.request.Request(url, method="HEAD")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as resp:
+            return None if 200 <= resp.status < 300 else f"HTTP {resp.status}"
+    except urllib.error.HTTPError as exc:
+        return f"HTTP {exc.code}"
+    except (urllib.error.URLError, OSError) as exc:
+        return str(getattr(exc, "reason", exc))
+
+
 def _under(root: Path) -> Callable[[str], bool]:
     resolved = root.resolve()
 
@@ -47,8 +80,9 @@ def _under(root: Path) -> Callable[[str], bool]:
     return exists
 
 
-def check_configuration(settings: Settings, session: Session) -> list[str]:
-    out = startup_warnings(settings)
+def check_configuration(settings: Settings, session: Session,
+                        probe: Callable[[str], str | None] = head_url) -> list[str]:
+    out = startup_warnings(settings) + architecture_url_warnings(settings, probe)
     root = Path(settings.boot_root)
     if root.is_dir():
         profiles = [ProfileSpec.of(p) for p in
