@@ -28,6 +28,22 @@ META_KERNEL = "linux-image-cloud-arm64:arm64"
 BUSYBOX = "busybox-static:arm64"
 GRUB_SIGNED = "grub-efi-arm64-signed:arm64"
 GRUB_IMAGE = "usr/lib/grub/arm64-efi-signed/grubnetaa64.efi.signed"
+GRUB_BIN = "grub-efi-arm64-bin:arm64"  # GRUB's arm64 modules, for grub-mkimage
+HTTP_BOOT_PROGRAM = "arm64/grubhttpaa64.efi"
+# Debian's signed GRUB started by UEFI HTTP boot does not configure its network from
+# it and stops at grub> (docs/real-clients.md). This image asks DHCP itself, then
+# reads its per-node grub.cfg over TFTP like the PXE-started one. GRUB sets
+# $net_default_server to the HOST:PORT of the URL it came from (measured), so the
+# port is cut off; over HTTP GRUB 2.06 waits ~34 s per file on a keep-alive server.
+HTTP_GRUB_CONFIG = """echo Fleetboot: GRUB asks DHCP
+net_bootp
+regexp --set=1:server '^([^:]+)' "$net_default_server"
+echo Fleetboot: GRUB reads grub.cfg from $server
+set prefix=(tftp,$server)/grub
+configfile $prefix/grub.cfg
+"""
+HTTP_GRUB_MODULES = ("efinet", "net", "tftp", "http", "linux", "boot", "normal", "configfile",
+                     "echo", "sleep", "test", "gzio", "regexp")
 BOOT_PROGRAM = "arm64/grubnetaa64.efi"  # the default table's entry for arch 11
 MODULES = ("af_packet", "virtio_pci", "virtio_net")
 MEMORY_MB = 1024
@@ -89,6 +105,25 @@ def fetch_arm64_guest(cache: Path | None = None) -> Arm64Guest:
     return done
 
 
+def build_http_grub(out: Path, cache: Path | None = None) -> Path:
+    """An unsigned ARM64 GRUB for UEFI HTTP boot (arch 19), made with grub-mkimage from
+    Debian's grub-efi-arm64-bin modules."""
+    if shutil.which("grub-mkimage") is None:
+        raise guest.GuestError("grub-mkimage is missing: install grub-common")
+    root = (cache or guest.cache_dir()) / "arm64"
+    root.mkdir(parents=True, exist_ok=True)
+    with guest._locked(root), tempfile.TemporaryDirectory(dir=root, prefix=".mk-") as tmp:
+        tree = Path(tmp) / "x"
+        guest._run(["dpkg", "-x", str(_download(GRUB_BIN, Path(tmp))), str(tree)])
+        config = Path(tmp) / "embedded.cfg"
+        config.write_text(HTTP_GRUB_CONFIG)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        guest._run(["grub-mkimage", "-O", "arm64-efi", "-d",
+                    str(tree / "usr/lib/grub/arm64-efi"), "-c", str(config), "-p", "/grub",
+                    "-o", str(out), *HTTP_GRUB_MODULES])
+    return out
+
+
 def arm64_cmdline() -> str:
     """The lab command line with the PL011 console (``virt`` has no ttyS0)."""
     return guest.kernel_cmdline(end="poweroff", quiet=False).replace(
@@ -106,7 +141,8 @@ def arm64_argv(spec: VmSpec, tap: str, files: VmFiles) -> list[str]:
             "-device", f"virtio-net-pci,netdev=n0,mac={nic.mac},romfile=,bootindex=1"]
 
 
-def start_arm64_vm(name: str, mac: str, workdir: Path, lab: Lab) -> Vm:
+def start_arm64_vm(name: str, mac: str, workdir: Path, lab: Lab, *,
+                   http_boot: bool = False) -> Vm:
     """Start an AAVMF VM with one virtio NIC on a new tap of ``lab``'s bridge."""
     if shutil.which(QEMU_AARCH64) is None or not AAVMF_CODE.is_file():
         raise guest.GuestError("qemu-system-aarch64 or AAVMF is missing: install "
@@ -117,6 +153,9 @@ def start_arm64_vm(name: str, mac: str, workdir: Path, lab: Lab) -> Vm:
     shutil.copyfile(AAVMF_VARS, files.ovmf_vars)
     tap = lab.add_tap()
     argv = arm64_argv(spec, tap, files)
+    if http_boot:  # PXE off: each unanswered PXE try costs the firmware about a minute
+        argv += ["-fw_cfg", "name=opt/org.tianocore/IPv4PXESupport,string=n",
+                 "-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=n"]
     (workdir / f"{name}.argv").write_text(" ".join(argv) + "\n")
     with open(files.qemu_log, "wb") as log:
         process = subprocess.Popen(lab.server.exec_argv(argv), stdin=subprocess.DEVNULL,
