@@ -12,7 +12,7 @@ PKGS=(
   postgresql
   libvirt-clients libxml2-utils libvirt-daemon libvirt-dev pkg-config
   shim-signed grub-efi-amd64-signed  # the Secure Boot chain (tests/firmware)
-  qemu-system-arm qemu-efi-aarch64  # ARM64 guests under AAVMF (tests/firmware)
+  qemu-system-arm qemu-efi-aarch64 grub-common  # ARM64 guests, grub-mkimage (tests/firmware)
 )
 missing=()
 for p in "${PKGS[@]}"; do
