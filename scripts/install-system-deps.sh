@@ -15,6 +15,8 @@ PKGS=(
   openipmi ipmitool apache2-utils openssl
   debootstrap e2fsprogs wireguard-tools
   prometheus chromium chromium-driver
+  shim-signed grub-efi-amd64-signed  # the Secure Boot chain (tests/firmware)
+  qemu-system-arm qemu-efi-aarch64 grub-common  # ARM64 guests, grub-mkimage (tests/firmware)
 )
 missing=()
 for p in "${PKGS[@]}"; do
@@ -27,4 +29,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
   rm -f /usr/sbin/policy-rc.d
+fi
+# ARM64 lab guests (tests/firmware/test_arm64_vm.py) are built from Debian's arm64
+# packages, downloaded with apt-get download (never installed): apt needs their lists.
+if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+  dpkg --add-architecture arm64
+  apt-get update -qq
 fi

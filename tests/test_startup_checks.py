@@ -28,6 +28,8 @@ def test_a_missing_boot_root_and_a_foreign_address_are_named(tmp_path: Path) -> 
 def test_a_good_configuration_has_no_warning(tmp_path: Path) -> None:
     if _nonlocal_bind():
         pytest.skip("net.ipv4.ip_nonlocal_bind lets any address bind here")
-    assert startup_warnings(Settings(server_address="127.0.0.1", boot_root=str(tmp_path))) == []
-    assert startup_warnings(Settings(server_address="0.0.0.0", boot_root=str(tmp_path))) == []
+    assert startup_warnings(Settings(server_address="127.0.0.1", boot_root=str(tmp_path),
+                                     architectures={})) == []
+    assert startup_warnings(Settings(server_address="0.0.0.0", boot_root=str(tmp_path),
+                                     architectures={})) == []
     assert address_is_local("127.0.0.1") and not address_is_local("192.0.2.77")

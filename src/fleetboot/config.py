@@ -45,11 +45,13 @@ def default_arch_table() -> dict[int, ArchBoot]:
         6: ArchBoot(name="x86 UEFI", tftp_file="snponly.efi"),
         7: ArchBoot(name="x86-64 UEFI", tftp_file="snponly.efi"),
         9: ArchBoot(name="x86-64 UEFI (EBC)", tftp_file="snponly.efi"),
-        10: ArchBoot(name="ARM32 UEFI", tftp_file="arm32/snponly.efi"),
-        11: ArchBoot(name="ARM64 UEFI", tftp_file="arm64/snponly.efi"),
+        # ARM64: Debian ships no iPXE for it; its network GRUB (grub-efi-arm64-signed)
+        # runs the same per-node grub.cfg. No package ships an ARM32 UEFI network boot
+        # program, so code 10 is left out (add it here once you have one).
+        11: ArchBoot(name="ARM64 UEFI", tftp_file="arm64/grubnetaa64.efi"),
         15: ArchBoot(name="x86 UEFI HTTP", http_file="ipxe.efi"),
         16: ArchBoot(name="x86-64 UEFI HTTP", http_file="ipxe.efi"),
-        19: ArchBoot(name="ARM64 UEFI HTTP", http_file="arm64/ipxe.efi"),
+        19: ArchBoot(name="ARM64 UEFI HTTP", http_file="arm64/grubnetaa64.efi"),
     }
 
 

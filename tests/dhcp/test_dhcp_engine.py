@@ -204,7 +204,7 @@ PXE_CASES = [
     (b"PXEClient:Arch:00000:UNDI:002001", None, arch(0), b"undionly.kpxe", b"PXEClient"),
     (b"PXEClient:Arch:00007:UNDI:003000", None, arch(7), b"snponly.efi", b"PXEClient"),
     (b"PXEClient:Arch:00009:UNDI:003000", None, arch(9), b"snponly.efi", b"PXEClient"),
-    (b"PXEClient:Arch:00011:UNDI:003000", None, arch(11), b"arm64/snponly.efi", b"PXEClient"),
+    (b"PXEClient:Arch:00011:UNDI:003000", None, arch(11), b"arm64/grubnetaa64.efi", b"PXEClient"),
     (b"PXEClient:Arch:00007:UNDI:003000", None, None, b"snponly.efi", b"PXEClient"),
     (b"PXEClient:Arch:00000:UNDI:002001", b"iPXE", arch(0),
      b"http://10.77.0.1:8080/boot/script.ipxe", None),
@@ -213,7 +213,7 @@ PXE_CASES = [
     (b"HTTPClient:Arch:00016:UNDI:003001", None, arch(16),
      b"http://10.77.0.1:8080/boot/files/ipxe.efi", b"HTTPClient"),
     (b"HTTPClient:Arch:00019:UNDI:003001", None, arch(19),
-     b"http://10.77.0.1:8080/boot/files/arm64/ipxe.efi", b"HTTPClient"),
+     b"http://10.77.0.1:8080/boot/files/arm64/grubnetaa64.efi", b"HTTPClient"),
 ]
 
 

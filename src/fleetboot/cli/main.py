@@ -58,6 +58,7 @@ _GROUPS = (
     ("fleetboot.cli.power", "app", "power"),
     ("fleetboot.cli.api", "token_app", "token"),
     ("fleetboot.cli.api", "app", None),
+    ("fleetboot.cli.check", "app", None),
 )
 
 

@@ -257,12 +257,17 @@ class FleetLab:
         register: bool = True,
         config: dict[str, Any] | None = None,
         guests: Sequence[GuestFiles] | None = None,
+        inventory: dict[str, Any] | None = None,
     ) -> FleetLab:
         """Set everything up. With ``register`` the machines, a subnet and the guest
         profiles are imported before the server starts; else the inventory is empty
-        (the demo registers them with the CLI)."""
+        (the demo registers them with the CLI). ``inventory`` (a document the caller
+        built, its images already in the boot root) replaces both."""
         check_host(machines)
-        inventory: dict[str, Any] = {}
+        if inventory is not None:
+            register = False
+        else:
+            inventory = {}
         if register:
             if guests is None:
                 guests = prepare_guests(m.flavor for m in machines)

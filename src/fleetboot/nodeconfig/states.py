@@ -91,8 +91,9 @@ class Classified:
 def _is_pxe(detail: Mapping[str, object]) -> bool:
     vendor = str(detail.get("vendor_class") or "")
     user = str(detail.get("user_class") or "")
+    # UEFI HTTP boot firmware says "HTTPClient": its DHCP starts a network boot too.
     return (bool(detail.get("pxe") or detail.get("ipxe")) or vendor.startswith("PXEClient")
-            or user == "iPXE")
+            or vendor.startswith("HTTPClient") or user == "iPXE")
 
 
 def _dhcp(event: BootEvent) -> Classified | None:

@@ -23,6 +23,7 @@ from fleetboot.protocols.tftp.options import TftpQuirk
 from fleetboot.server.dhcp import DhcpService, settings_from_config
 from fleetboot.server.dhcp6 import Dhcp6Service, settings6_from_config
 from fleetboot.server.directory import DirectoryChain, LeaseDirectory
+from fleetboot.server.grubcfg import register_grub_configs
 from fleetboot.server.http import HttpService, create_app
 from fleetboot.server.metrics import registry
 from fleetboot.server.runtime import ReloadHook, Runtime, Service
@@ -123,6 +124,7 @@ def assemble(settings: Settings, db: Database | None = None) -> Assembly:
         # started (view loaded) before HTTP accepts the first request.
         scripts = app.state.fleetboot.scripts
         scripts.follow_runtime()
+        register_grub_configs(source, scripts, settings)  # grub/grub.cfg, same decisions
         reload_hooks.append(scripts.reload)
         http = HttpService.from_settings(app, settings, protocol=nodeconfig.http_protocol())
         if dhcp6 is not None and settings.dhcp6.dual_stack:

@@ -338,6 +338,19 @@ CmdlineHook = Callable[[Any, str, str], str]
 
 
 @dataclass(frozen=True)
+class Decided:
+    """What a render decided, for other boot programs to render the same decision
+    (GRUB: :mod:`fleetboot.server.grubcfg`)."""
+
+    action: BootAction
+    profile: ipxe.ProfileSpec | None
+    rule: str
+    who: ipxe.Who
+    wait_seconds: int
+    extra_args: str = ""
+
+
+@dataclass(frozen=True)
 class ServedScript:
     text: str
     kind: str  # "profile" | "local" | "wait" | "menu"
@@ -346,6 +359,7 @@ class ServedScript:
     rule: str | None = None
     consumed: bool = False  # this render cleared the node's one-shot boot
     deferred: bool = False  # admission control said wait (the server is saturated)
+    decided: Decided | None = None  # None: a menu (only iPXE has one)
 
     def detail(self) -> dict[str, Any]:
         out = {"node": self.node, "boot": self.kind, "profile": self.profile,
@@ -598,9 +612,11 @@ class ScriptService:
                                   self.urls_for(address), who,
                                   wait_seconds=self.settings.http.wait_seconds,
                                   extra_args=extra)
+        decided = Decided(choice.action, choice.profile, choice.rule, who,
+                          self.settings.http.wait_seconds, extra)
         return ServedScript(text, choice.action.value, node.name,
                             choice.profile.name if choice.profile else None, choice.rule,
-                            consumed)
+                            consumed, decided=decided)
 
     async def _consume(self, node: NodeBoot, choice: Choice) -> bool | None:
         """Clear the one-shot in memory now and in the database in the next batch."""
@@ -643,8 +659,9 @@ class ScriptService:
         text = ipxe.render_wait(self.urls_for(address), who, wait_seconds=seconds,
                                 why="(admission control: the server is busy)",
                                 message="the boot server is busy with other boots")
+        decided = Decided(BootAction.WAIT, None, "admission control", who, seconds)
         return ServedScript(text, BootAction.WAIT.value, nic.node.name,
-                            rule="admission control", deferred=True)
+                            rule="admission control", deferred=True, decided=decided)
 
     def _unknown(self, view: ScriptView, mac: str | None, address: str) -> ServedScript:
         http = self.settings.http
@@ -658,7 +675,8 @@ class ScriptService:
         rule = "policy for unknown machines"
         text = ipxe.render_choice(action, None, rule, self.urls_for(address), who,
                                   wait_seconds=http.wait_seconds)
-        return ServedScript(text, action.value, rule=rule)
+        return ServedScript(text, action.value, rule=rule,
+                            decided=Decided(action, None, rule, who, http.wait_seconds))
 
 
 _clean_mac = mac_or_none

@@ -11,6 +11,7 @@ import ipaddress
 import socket
 from pathlib import Path
 
+from fleetboot.boot.programs import architecture_warnings
 from fleetboot.config import Settings
 
 
@@ -44,4 +45,16 @@ def startup_warnings(settings: Settings) -> list[str]:
         out.append(f"server_address {address} is not an address of this host; nodes are "
                    "told to fetch boot files from it, so set it to this server's address on "
                    "the boot network (ip -br addr) unless NAT forwards it here")
+    out += architecture_file_warnings(settings)
     return out
+
+
+def architecture_file_warnings(settings: Settings) -> list[str]:
+    """Architecture-table entries naming a boot program missing from the boot root
+    (none when the boot root itself is missing: that has its own warning)."""
+    root = Path(settings.boot_root)
+    if not root.is_dir():
+        return []
+    table = {code: (a.name, a.tftp_file, a.http_file)
+             for code, a in settings.architectures.items()}
+    return architecture_warnings(table, lambda name: (root / name).is_file())

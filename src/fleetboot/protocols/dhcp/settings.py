@@ -45,11 +45,12 @@ def default_architectures() -> Mapping[int, ArchBoot]:
         6: ArchBoot("x86 UEFI", tftp_file="snponly.efi"),
         7: ArchBoot("x86-64 UEFI", tftp_file="snponly.efi"),
         9: ArchBoot("x86-64 UEFI", tftp_file="snponly.efi"),
-        10: ArchBoot("ARM32 UEFI", tftp_file="arm32/snponly.efi"),
-        11: ArchBoot("ARM64 UEFI", tftp_file="arm64/snponly.efi"),
+        # ARM64 gets Debian's network GRUB (no package ships an ARM64 iPXE); no package
+        # ships an ARM32 UEFI network boot program, so code 10 is left out.
+        11: ArchBoot("ARM64 UEFI", tftp_file="arm64/grubnetaa64.efi"),
         15: ArchBoot("x86 UEFI HTTP", http_file="ipxe.efi"),
         16: ArchBoot("x86-64 UEFI HTTP", http_file="ipxe.efi"),
-        19: ArchBoot("ARM64 UEFI HTTP", http_file="arm64/ipxe.efi"),
+        19: ArchBoot("ARM64 UEFI HTTP", http_file="arm64/grubnetaa64.efi"),
     })
 
 
