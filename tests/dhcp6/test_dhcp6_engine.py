@@ -152,7 +152,8 @@ def test_boot_urls_follow_architecture_vendor_class_and_ipxe() -> None:
     pxe = decoded(reply(e, message(o.SOLICIT, extra=pxe_options(7))))
     assert pxe.get(o.BOOTFILE_URL) == b"tftp://[fd00:77::1]/snponly.efi"
     arm = decoded(reply(e, message(o.SOLICIT, extra=pxe_options(11))))
-    assert arm.get(o.BOOTFILE_URL) == b"tftp://[fd00:77::1]/arm64/snponly.efi"
+    # the v4 table: arch 11 gets Debian's signed ARM64 network GRUB
+    assert arm.get(o.BOOTFILE_URL) == b"tftp://[fd00:77::1]/arm64/grubnetaa64.efi"
     ipxe = decoded(reply(e, message(o.SOLICIT, extra=ipxe_options())))
     assert ipxe.get(o.BOOTFILE_URL) == b"http://[fd00:77::1]:8080/boot/script.ipxe"
     http_vendor = o.U32.pack(343) + c.opaque_list((b"HTTPClient:Arch:00016",))
