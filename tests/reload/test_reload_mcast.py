@@ -19,12 +19,13 @@ def _records(n: int, rnd: random.Random) -> list[bytes]:
 
 
 def simulate(records: list[bytes], n: int, loss: float, seed: int, late: int = 0,
-             silent: int = 0, rate_bps: float = 80e6, limit_s: float = 60.0
-             ) -> tuple[Sender, list[Receiver], list[dict[int, bytes]], float]:
+             silent: int = 0, rate_bps: float = 80e6, limit_s: float = 60.0,
+             start_wait_s: float = 10.0) -> tuple[Sender, list[Receiver], list[dict[int, bytes]], float]:
     """Step sender and receivers every millisecond; DATA lost per receiver with ``loss``."""
     rnd = random.Random(seed)
     info = Info(len(records), 1000, 1 << 30, hashlib.sha256(b"disk").digest())
-    sender = Sender(7, records, info, rate_bps, expected=n, silent_s=1.0)
+    sender = Sender(7, records, info, rate_bps, expected=n, silent_s=1.0,
+                    start_wait_s=start_wait_s)
     recv = [Receiver(7, 100 + i) for i in range(n)]
     got: list[dict[int, bytes]] = [{} for _ in range(n)]
     start_at = [0.0] * n
@@ -69,9 +70,16 @@ def test_loss_costs_blocks_not_the_stream() -> None:
 
 def test_late_joiners_are_served_when_the_sender_comes_round() -> None:
     records = _records(60, random.Random(3))
-    sender, _, got, _ = simulate(records, 4, 0.0, 3, late=2, rate_bps=4e6)
+    sender, _, got, _ = simulate(records, 4, 0.0, 3, late=2, rate_bps=4e6, start_wait_s=0.1)
     assert all(g == dict(enumerate(records)) for g in got)
     assert sender.stats.data_bytes > sum(map(len, records))  # a second round for the late
+
+
+def test_the_sender_waits_a_little_for_the_expected_receivers() -> None:
+    records = _records(60, random.Random(3))
+    sender, _, got, _ = simulate(records, 4, 0.0, 3, late=2, rate_bps=4e6)
+    assert all(g == dict(enumerate(records)) for g in got)
+    assert sender.stats.data_bytes == sum(map(len, records))  # one round for all
 
 
 def test_a_silent_receiver_is_dropped_without_stalling_the_others() -> None:

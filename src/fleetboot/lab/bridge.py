@@ -34,7 +34,7 @@ class BridgeLab:
             # The server sits behind its own veth pair so a qdisc on "srv0" caps
             # everything it sends, like a server's NIC.
             server.ip("link", "add", "srv0", "mtu", str(mtu), "type", "veth", "peer", "name",
-                      "srvp")
+                      "srvp", "mtu", str(mtu))
             server.ip("link", "set", "srvp", "master", "br0")
             server.ip("link", "set", "srvp", "up")
             server.ip("link", "set", "srv0", "up")

@@ -120,6 +120,10 @@ class Sender:
     silent_s: float = 5.0
     resend_guard_s: float = 0.15  # a block sent this recently is in flight, not lost
     burst_bytes: int = 64 * 1024
+    # Like udpcast's --min-receivers: hold DATA until ``expected`` receivers have
+    # joined (or this long after the first joined), so a fleet booting together
+    # is served in one round instead of one per straggler.
+    start_wait_s: float = 10.0
     members: dict[int, Member] = field(default_factory=dict)
     stats: SenderStats = field(default_factory=SenderStats)
     # chunk -> bitmask of blocks to send; dict order is queue order
@@ -213,6 +217,8 @@ class Sender:
         self._drop_silent(now)
         self._refill(now)
         out: list[bytes] = []
+        if self._holding(now):
+            return out
         bs = self.info.block_size
         while self._pending and len(out) < max_packets:
             chunk, mask = next(iter(self._pending.items()))
@@ -235,6 +241,12 @@ class Sender:
             self.stats.data_bytes += len(payload)
             self.stats.wire_bytes += cost
         return out
+
+    def _holding(self, now: float) -> bool:
+        if len(self.members) >= self.expected or not self.members:
+            return not self.members
+        first = min(m.joined_at for m in self.members.values())
+        return now - first < self.start_wait_s
 
     def _refill(self, now: float) -> None:
         if self._token_time is None:
