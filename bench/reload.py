@@ -25,6 +25,7 @@ fleetboot_sent_ratio=<x> fleetboot_failed=<n>``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import random
@@ -71,10 +72,8 @@ def sha_of(path: Path) -> str:
 def wait_all(procs: list[subprocess.Popen[bytes]], timeout_s: float) -> float:
     deadline = time.monotonic() + timeout_s
     for p in procs:
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             p.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            pass
     return time.monotonic()
 
 
