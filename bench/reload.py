@@ -167,6 +167,10 @@ def run_http(lab: BridgeLab, name: str, outs: list[Path], timeout_s: float) -> f
     return end - start
 
 
+def loadavg() -> list[str]:
+    return Path("/proc/loadavg").read_text().split()[:3]
+
+
 def check(outs: list[Path], want: str) -> int:
     bad = sum(not out.exists() or sha_of(out) != want for out in outs)
     for out in outs:
@@ -221,7 +225,7 @@ def run_n(args: argparse.Namespace, n: int, disk: StoredDisk, web: Path, work: P
                 for ns in lab.clients:
                     ns.run(["iptables", "-F", "INPUT"], check=False)
                 lab.receiver_loss(loss)
-                load = open("/proc/loadavg").read().split()[:3]
+                load = loadavg()
                 fb_s = ratio = udp_s = http_s = float("nan")
                 failed = 0
                 if "fleetboot" in args.peers:
@@ -235,7 +239,7 @@ def run_n(args: argparse.Namespace, n: int, disk: StoredDisk, web: Path, work: P
                     http_s = run_http(lab, "disk.zst", outs, args.timeout)
                     print(f"  http wrong outputs: {check(outs, want)}", flush=True)
                 print(f"  loadavg before: {' '.join(load)}, after: "
-                      f"{' '.join(open('/proc/loadavg').read().split()[:3])}", flush=True)
+                      f"{' '.join(loadavg())}", flush=True)
                 print(f"RESULT reload n={n} loss={loss:g} fleetboot_s={fb_s:.2f} "
                       f"udpcast_s={udp_s:.2f} http_s={http_s:.2f} "
                       f"fleetboot_sent_ratio={ratio:.3f} fleetboot_failed={failed}",

@@ -20,7 +20,8 @@ def _records(n: int, rnd: random.Random) -> list[bytes]:
 
 def simulate(records: list[bytes], n: int, loss: float, seed: int, late: int = 0,
              silent: int = 0, rate_bps: float = 80e6, limit_s: float = 60.0,
-             start_wait_s: float = 10.0) -> tuple[Sender, list[Receiver], list[dict[int, bytes]], float]:
+             start_wait_s: float = 10.0
+             ) -> tuple[Sender, list[Receiver], list[dict[int, bytes]], float]:
     """Step sender and receivers every millisecond; DATA lost per receiver with ``loss``."""
     rnd = random.Random(seed)
     info = Info(len(records), 1000, 1 << 30, hashlib.sha256(b"disk").digest())
