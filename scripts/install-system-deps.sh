@@ -11,6 +11,7 @@ PKGS=(
   wrk nginx-light nftables
   postgresql
   libvirt-clients libxml2-utils
+  udpcast zstd syslinux syslinux-common mtools dosfstools iptables
 )
 missing=()
 for p in "${PKGS[@]}"; do

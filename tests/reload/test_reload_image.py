@@ -169,3 +169,22 @@ def test_cli_add_disk_list_show(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert bad.exit_code == 2 and "not a readable" in bad.output
     bad = runner.invoke(root, ["image", "show", "nope"])
     assert bad.exit_code == 2 and "no disk image" in bad.output
+
+
+def test_text_index_points_at_each_zstd_frame(tmp_path: Path) -> None:
+    import zstandard
+
+    disk = tmp_path / "d.raw"
+    content = _write_disk(disk)
+    stored, _ = DiskImageStore(tmp_path / "root").add(disk)
+    lines = (stored.directory / "index.txt").read_text().splitlines()
+    fmt, size, sha, n, cs = lines[0].split()
+    assert (fmt, int(size), sha, int(n), int(cs)) == (
+        "fleetboot-disk/1", len(content), hashlib.sha256(content).hexdigest(), 2, 1 << 20)
+    blob = stored.records_path.read_bytes()
+    for line in lines[1:]:
+        poff, plen, csha, length, offsets = line.split()
+        raw = zstandard.ZstdDecompressor().decompress(blob[int(poff):int(poff) + int(plen)])
+        assert hashlib.sha256(raw).hexdigest() == csha and len(raw) == int(length)
+        for off in offsets.split(","):
+            assert content[int(off):int(off) + len(raw)] == raw

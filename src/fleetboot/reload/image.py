@@ -112,6 +112,20 @@ class Manifest:
             "source_format": self.source_format,
             "chunks": [c.to_json() for c in self.chunks]}, indent=1)
 
+    def text_index(self) -> str:
+        """The manifest for shell agents (busybox: no JSON, no struct): a first line
+        ``fleetboot-disk/1 SIZE DISK_SHA256 CHUNKS CHUNK_SIZE``, then one line per
+        chunk ``PAYLOAD_OFFSET PAYLOAD_LENGTH SHA256 LENGTH OFFSET[,OFFSET...]``
+        where the payload is the zstd frame inside ``chunks.bin``."""
+        lines = [f"{FORMAT} {self.virtual_size} {self.disk_sha256} {len(self.chunks)} "
+                 f"{self.chunk_size}"]
+        for c in self.chunks:
+            h = c.header
+            head = record_header_size(len(h.offsets))
+            lines.append(f"{c.stored_offset + head} {c.stored_length - head} {h.sha256.hex()} "
+                         f"{h.length} {','.join(map(str, h.offsets))}")
+        return "\n".join(lines) + "\n"
+
     @classmethod
     def from_json(cls, text: str | bytes) -> Manifest:
         try:
@@ -128,6 +142,10 @@ class Manifest:
                        str(raw.get("source_format", "raw")))
         except (KeyError, TypeError, ValueError) as exc:
             raise ImageFormatError(f"manifest is malformed: {exc}") from exc
+
+
+def record_header_size(n_offsets: int) -> int:
+    return _HEAD.size + n_offsets * _OFFSET.size + _PAYLOAD_LEN.size
 
 
 def encode_record(header: ChunkHeader, payload: bytes) -> bytes:

@@ -33,6 +33,7 @@ from fleetboot.reload.image import (
 DISKS_DIR = "disks"
 MANIFEST = "manifest.json"
 RECORDS = "chunks.bin"
+INDEX = "index.txt"  # the manifest for busybox agents
 _ZEROS = bytes(CHUNK_SIZE)
 
 
@@ -116,10 +117,12 @@ class DiskImageStore:
                                check=True, capture_output=True)
             manifest = _chunk_disk(raw, work, name or src.name, fmt, chunk_size)
             (work / MANIFEST).write_text(manifest.to_json())
+            (work / INDEX).write_text(manifest.text_index())
             (work / "disk.raw").unlink(missing_ok=True)
             target = self.dir / manifest.image_id
             if target.exists():
                 return self.get(manifest.image_id), False
+            work.chmod(0o755)  # mkdtemp made it private; the HTTP server must read it
             os.rename(work, target)
             return StoredDisk(manifest, target), True
         except subprocess.CalledProcessError as exc:
