@@ -29,6 +29,7 @@ import contextlib
 import hashlib
 import json
 import random
+import resource
 import shutil
 import subprocess
 import sys
@@ -38,6 +39,7 @@ from pathlib import Path
 
 from fleetboot.lab.bridge import BridgeLab
 from fleetboot.lab.netns import stop_process
+from fleetboot.lab.nginx import start_nginx
 from fleetboot.reload.store import DiskImageStore, StoredDisk
 
 GROUP, PORT = "239.78.1.1", 5600
@@ -102,6 +104,11 @@ def run_fleetboot(lab: BridgeLab, disk: StoredDisk, outs: list[Path], rate: str,
         for p in [sender, *receivers]:
             stop_process(p)
     failed = sum(r.get("status") != "verified" for r in results)
+    secs = sorted(float(r.get("seconds", 0.0)) for r in results)
+    print(f"  fleetboot sender: {stats.get('seconds')} s, requests {stats.get('requests')}, "
+          f"merged {stats.get('blocks_merged')}; receivers {secs[0]:.1f}-{secs[-1]:.1f} s, "
+          f"re-asked chunks {sum(int(r.get('reasked_chunks', 0)) for r in results)}",
+          flush=True)
     return end - start, float(stats.get("sent_ratio", 0.0)), failed, results
 
 
@@ -124,35 +131,6 @@ def run_udpcast(lab: BridgeLab, image_zst: Path, outs: list[Path], rate: str,
     return end - start
 
 
-def start_nginx(lab: BridgeLab, root: Path, work: Path) -> subprocess.Popen[bytes]:
-    conf = work / "nginx.conf"
-    conf.write_text(f"""
-worker_processes 1;
-pid {work}/nginx.pid;
-error_log {work}/nginx.err;
-daemon off;
-events {{ worker_connections 1024; }}
-http {{
-  access_log off;
-  sendfile on;
-  client_body_temp_path {work};
-  proxy_temp_path {work};
-  fastcgi_temp_path {work};
-  uwsgi_temp_path {work};
-  scgi_temp_path {work};
-  server {{ listen {lab.server_ip}:{NGINX_PORT}; root {root}; }}
-}}
-""")
-    proc = lab.server.popen(["nginx", "-c", str(conf), "-p", str(work)],
-                            stderr=subprocess.DEVNULL)
-    for _ in range(50):
-        if lab.clients[0].run(["curl", "-sfI", f"http://{lab.server_ip}:{NGINX_PORT}/"],
-                              check=False).returncode in (0, 22):
-            break
-        time.sleep(0.1)
-    return proc
-
-
 def run_http(lab: BridgeLab, name: str, outs: list[Path], timeout_s: float) -> float:
     url = f"http://{lab.server_ip}:{NGINX_PORT}/{name}"
     start = time.monotonic()
@@ -165,6 +143,12 @@ def run_http(lab: BridgeLab, name: str, outs: list[Path], timeout_s: float) -> f
         for p in receivers:
             stop_process(p)
     return end - start
+
+
+def children_cpu_s() -> float:
+    """CPU seconds (user + system) of every process reaped so far (and their children)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def loadavg() -> list[str]:
@@ -219,7 +203,8 @@ def run_n(args: argparse.Namespace, n: int, disk: StoredDisk, web: Path, work: P
     outs = [out_dir / f"r{i}" for i in range(n)]
     with BridgeLab.create(n, mtu=args.mtu) as lab:
         lab.rate_cap(args.cap_mbit)
-        nginx = start_nginx(lab, web, work) if "http" in args.peers else None
+        nginx = (start_nginx(lab.server, web, work, f"{lab.server_ip}:{NGINX_PORT}")
+                 if "http" in args.peers else None)
         try:
             for loss in args.loss:
                 for ns in lab.clients:
@@ -229,15 +214,21 @@ def run_n(args: argparse.Namespace, n: int, disk: StoredDisk, web: Path, work: P
                 fb_s = ratio = udp_s = http_s = float("nan")
                 failed = 0
                 if "fleetboot" in args.peers:
+                    cpu = children_cpu_s()
                     fb_s, ratio, failed, _ = run_fleetboot(lab, disk, outs, rate,
                                                            args.block_size, args.timeout)
+                    print(f"  fleetboot CPU {children_cpu_s() - cpu:.1f} s", flush=True)
                     failed = max(failed, check(outs, want))
                 if "udpcast" in args.peers:
+                    cpu = children_cpu_s()
                     udp_s = run_udpcast(lab, web / "disk.zst", outs, rate, args.timeout)
-                    print(f"  udpcast wrong outputs: {check(outs, want)}", flush=True)
+                    print(f"  udpcast CPU {children_cpu_s() - cpu:.1f} s, wrong outputs: "
+                          f"{check(outs, want)}", flush=True)
                 if "http" in args.peers:
+                    cpu = children_cpu_s()
                     http_s = run_http(lab, "disk.zst", outs, args.timeout)
-                    print(f"  http wrong outputs: {check(outs, want)}", flush=True)
+                    print(f"  http CPU {children_cpu_s() - cpu:.1f} s (nginx not counted), "
+                          f"wrong outputs: {check(outs, want)}", flush=True)
                 print(f"  loadavg before: {' '.join(load)}, after: "
                       f"{' '.join(loadavg())}", flush=True)
                 print(f"RESULT reload n={n} loss={loss:g} fleetboot_s={fb_s:.2f} "

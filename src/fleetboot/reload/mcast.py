@@ -119,6 +119,9 @@ class Sender:
     expected: int = 0  # the sender is finished when this many receivers are done
     silent_s: float = 5.0
     resend_guard_s: float = 0.15  # a block sent this recently is in flight, not lost
+    # A loaded host wakes the sender late; the bucket holds this many bytes (at
+    # least 25 ms at the rate) so a late wake-up sends what is due instead of
+    # losing the time. The link's own queue (tbf latency) absorbs the burst.
     burst_bytes: int = 64 * 1024
     # Like udpcast's --min-receivers: hold DATA until ``expected`` receivers have
     # joined (or this long after the first joined), so a fleet booting together
@@ -128,7 +131,8 @@ class Sender:
     stats: SenderStats = field(default_factory=SenderStats)
     # chunk -> bitmask of blocks to send; dict order is queue order
     _pending: dict[int, int] = field(default_factory=dict)
-    _sent_at: dict[tuple[int, int], float] = field(default_factory=dict)
+    # per chunk: blocks sent within resend_guard_s of the chunk's last send
+    _recent: dict[int, tuple[int, float]] = field(default_factory=dict)
     _tokens: float = 0.0
     _token_time: float | None = None
 
@@ -190,19 +194,17 @@ class Sender:
             self._enqueue(chunk, first, count, now)
 
     def _enqueue(self, chunk: int, first: int, count: int, now: float) -> None:
+        """Queue blocks ``first..first+count-1`` once (bitmask arithmetic, no per-block loop)."""
         self.stats.blocks_requested += count
+        asked = ((1 << count) - 1) << first
         queued = self._pending.get(chunk, 0)
-        mask = 0
-        for b in range(first, first + count):
-            bit = 1 << b
-            if queued & bit:
-                self.stats.blocks_merged += 1
-            elif now - self._sent_at.get((chunk, b), -1e9) < self.resend_guard_s:
-                self.stats.blocks_suppressed += 1
-            else:
-                mask |= bit
-        if mask:
-            self._pending[chunk] = queued | mask
+        mask, at = self._recent.get(chunk, (0, -1e9))
+        recent = mask if now - at < self.resend_guard_s else 0
+        new = asked & ~queued & ~recent
+        self.stats.blocks_merged += (asked & queued).bit_count()
+        self.stats.blocks_suppressed += (asked & recent & ~queued).bit_count()
+        if new:
+            self._pending[chunk] = queued | new
 
     def _done(self, data: bytes, now: float) -> None:
         rid, status = _DONE.unpack_from(data, _HDR.size)
@@ -212,7 +214,7 @@ class Sender:
             m.status = "verified" if status == 0 else "failed"
 
     # -- data path
-    def poll(self, now: float, max_packets: int = 64) -> list[bytes]:
+    def poll(self, now: float, max_packets: int = 256) -> list[bytes]:
         """DATA packets to send now (at most what the rate allows)."""
         self._drop_silent(now)
         self._refill(now)
@@ -234,7 +236,9 @@ class Sender:
                 self._pending[chunk] = mask
             else:
                 del self._pending[chunk]
-            self._sent_at[(chunk, block)] = now
+            sent, at = self._recent.get(chunk, (0, now))
+            self._recent[chunk] = ((sent if now - at < self.resend_guard_s else 0) | 1 << block,
+                                   now)
             out.append(header(Kind.DATA, self.session) + _DATA.pack(
                 chunk, len(record), block, self._nblocks[chunk]) + payload)
             self.stats.data_packets += 1
@@ -252,8 +256,8 @@ class Sender:
         if self._token_time is None:
             self._token_time = now
         rate = self.rate_bps / 8
-        self._tokens = min(self._tokens + (now - self._token_time) * rate,
-                           max(self.burst_bytes, self.info.block_size + 200))
+        cap = max(self.burst_bytes, self.info.block_size + 200, int(rate * 0.025))
+        self._tokens = min(self._tokens + (now - self._token_time) * rate, cap)
         self._token_time = now
 
     def next_wake(self, now: float) -> float:
@@ -304,6 +308,7 @@ class Receiver:
     session: int
     receiver_id: int
     reask_s: float = 0.4  # re-ask for a chunk no sooner than this after asking
+    max_reask_s: float = 2.0
     quiet_s: float = 0.1  # ...and only when none of its blocks arrived this recently
     join_every_s: float = 0.2
     info: Info | None = None
@@ -314,6 +319,7 @@ class Receiver:
     _done: set[int] = field(default_factory=set)
     _partial: dict[int, _Partial] = field(default_factory=dict)
     _asked_at: dict[int, float] = field(default_factory=dict)
+    _asks: dict[int, int] = field(default_factory=dict)
     _heard_at: dict[int, float] = field(default_factory=dict)
     _last_join: float = -1e9
     done_sent: int = 0
@@ -381,6 +387,7 @@ class Receiver:
         """The adapter found the record corrupt: ask for all of it again."""
         self._done.discard(index)
         self._asked_at.pop(index, None)
+        self._heard_at.pop(index, None)
 
     def poll(self, now: float) -> list[bytes]:
         """Datagrams for the sender: JOIN until INFO arrives, then requests, then DONE."""
@@ -395,13 +402,19 @@ class Receiver:
         for chunk in range(self.info.chunks):
             if chunk in self._done:
                 continue
-            if now - self._asked_at.get(chunk, -1e9) < self.reask_s:
+            asks = self._asks.get(chunk, 0)
+            # A chunk with lost blocks is re-asked soon; one the sender has not
+            # reached yet is still queued there, so asking again backs off.
+            wait = self.reask_s if chunk in self._heard_at else min(
+                self.reask_s * 2 ** asks, self.max_reask_s)
+            if now - self._asked_at.get(chunk, -1e9) < wait:
                 continue
             if now - self._heard_at.get(chunk, -1e9) < self.quiet_s:
                 continue
             if chunk in self._asked_at:
                 self.reasked_chunks += 1
             self._asked_at[chunk] = now
+            self._asks[chunk] = asks + 1
             ranges += self._missing(chunk)
         if not ranges:
             return []

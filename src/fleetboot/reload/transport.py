@@ -26,7 +26,7 @@ from fleetboot.reload.writer import DiskWriter
 
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
-_BUF = 8 << 20
+_BUF = 32 << 20  # a receiver descheduled on a loaded host must not overflow
 
 
 def _big_buffers(sock: socket.socket) -> None:
