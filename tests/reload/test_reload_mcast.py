@@ -25,7 +25,7 @@ def simulate(records: list[bytes], n: int, loss: float, seed: int, late: int = 0
     """Step sender and receivers every millisecond; DATA lost per receiver with ``loss``."""
     rnd = random.Random(seed)
     info = Info(len(records), 1000, 1 << 30, hashlib.sha256(b"disk").digest())
-    sender = Sender(7, records, info, rate_bps, expected=n, silent_s=1.0,
+    sender = Sender(7, records, info, rate_bps, expected=n, silent_s=2.5,
                     start_wait_s=start_wait_s)
     recv = [Receiver(7, 100 + i) for i in range(n)]
     got: list[dict[int, bytes]] = [{} for _ in range(n)]

@@ -309,6 +309,7 @@ class Receiver:
     receiver_id: int
     reask_s: float = 0.4  # re-ask for a chunk no sooner than this after asking
     max_reask_s: float = 2.0
+    heartbeat_s: float = 1.0  # well under the sender's silent_s
     quiet_s: float = 0.1  # ...and only when none of its blocks arrived this recently
     join_every_s: float = 0.2
     info: Info | None = None
@@ -322,6 +323,7 @@ class Receiver:
     _asks: dict[int, int] = field(default_factory=dict)
     _heard_at: dict[int, float] = field(default_factory=dict)
     _last_join: float = -1e9
+    _last_sent: float = -1e9
     done_sent: int = 0
     failed: bool = False
 
@@ -417,15 +419,16 @@ class Receiver:
             self._asks[chunk] = asks + 1
             ranges += self._missing(chunk)
         if not ranges:
-            return []
+            if now - self._last_sent < self.heartbeat_s:
+                return []
+            ranges = []  # an empty request: "still here" (the sender drops the silent)
         head = header(Kind.REQ, self.session) + _REQ.pack(self.receiver_id, len(self._done))
+        self._last_sent = now
         self.requests_sent += 1
+        if not ranges:
+            return [head]
         return [head + b"".join(ranges[i:i + MAX_RANGES])
                 for i in range(0, len(ranges), MAX_RANGES)]
-
-    def heartbeat(self) -> bytes:
-        """An empty request: keeps the sender from dropping a receiver that waits."""
-        return header(Kind.REQ, self.session) + _REQ.pack(self.receiver_id, len(self._done))
 
     def _missing(self, chunk: int) -> list[bytes]:
         p = self._partial.get(chunk)

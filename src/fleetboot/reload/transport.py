@@ -159,7 +159,6 @@ async def run_receiver(receiver: Receiver, sock: socket.socket, sender_addr: tup
                     wake.set()
 
     loop.add_reader(sock.fileno(), readable)
-    last_beat = 0.0
     disk_sha: str | None = None
     try:
         while not receiver.finished_reporting:
@@ -168,12 +167,7 @@ async def run_receiver(receiver: Receiver, sock: socket.socket, sender_addr: tup
                 break
             if receiver.complete and receiver.done_sent == 0:
                 disk_sha = _finish(receiver, writer, verify_disk, zero_gaps)
-            pkts = receiver.poll(now)
-            if not pkts and receiver.info is not None and now - last_beat > 1.0:
-                pkts = [receiver.heartbeat()]
-            if pkts:
-                last_beat = now
-            for pkt in pkts:
+            for pkt in receiver.poll(now):
                 with contextlib.suppress(OSError):
                     sock.sendto(pkt, sender_addr)
             wake.clear()
