@@ -7,6 +7,7 @@ MODEL_MODULES = (
     "fleetboot.nodeconfig.models",
     "fleetboot.passthrough.models",
     "fleetboot.vm.models",
+    "fleetboot.reload.models",
 )
 
 

@@ -44,6 +44,7 @@ _GROUPS = (
     ("fleetboot.cli.passthrough", "host_app", "host"),
     ("fleetboot.cli.passthrough", "flavor_app", "flavor"),
     ("fleetboot.cli.storm", "app", "storm"),
+    ("fleetboot.cli.deploy", "app", "deploy"),
 )
 
 

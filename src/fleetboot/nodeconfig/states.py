@@ -9,9 +9,10 @@
 
 plus RELOADING (the node re-images itself; it says so) and FAILED (it says so,
 or an operator does), and DEPLOYING / DEPLOY_FAILED (``fleetboot deploy``: the
-deploy agent reports its percent and the failure's reason as the message). What Fleetboot sees (``BootEvent``) is first classified
-into a ``Signal``; ``step`` applies one signal. A firmware signal seen in a
-state after the firmware phase means the machine rebooted: a new boot starts,
+deploy agent reports its percent and the failure's reason as the message).
+What Fleetboot sees (``BootEvent``) is first classified into a ``Signal``;
+``step`` applies one signal. A firmware signal seen in a state after the
+firmware phase means the machine rebooted: a new boot starts,
 its number goes up, and the boot's duration is measured from there to UP.
 
 A node that stays in a state past that state's timeout is flagged ``stuck``

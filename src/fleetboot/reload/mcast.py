@@ -14,7 +14,7 @@ particular receiver.
 Wire format (network byte order), every packet starts with
 ``type u8, version u8, reserved u16, session u32``:
 
-- JOIN  (receiver -> sender)  ``receiver u32``
+- JOIN  (receiver -> sender)  ``receiver u32``, then optionally its node name (UTF-8)
 - INFO  (sender -> receiver)  ``chunks u32, block_size u16, virtual_size u64, disk_sha256 32s``
 - REQ   (receiver -> sender)  ``receiver u32, chunks_done u32``, then ranges of
   ``chunk u32, first_block u16, count u16`` (count 0 = every block of the chunk)
@@ -41,7 +41,8 @@ DATA_HEADER = _HDR.size + _DATA.size
 WIRE_OVERHEAD = 14 + 20 + 8  # Ethernet, IPv4 and UDP headers: what the rate limit counts
 ALL_BLOCKS = 0
 MAX_RECORD = 64 << 20  # far above a compressed 1 MiB chunk; bounds a receiver's memory
-MAX_RANGES = 160  # one request datagram stays under 1,500 bytes
+MAX_RANGES = 160
+MAX_NAME = 63  # one request datagram stays under 1,500 bytes
 
 
 class Kind(IntEnum):
@@ -93,6 +94,7 @@ class Member:
     status: str = "receiving"  # receiving | verified | failed | dropped
     requests: int = 0
     blocks_asked: int = 0
+    name: str = ""  # the node name the receiver gave when it joined
 
 
 @dataclass
@@ -167,7 +169,9 @@ class Sender:
     def _join(self, data: bytes, addr: tuple[str, int], now: float
               ) -> list[tuple[bytes, tuple[str, int]]]:
         (rid,) = _JOIN.unpack_from(data, _HDR.size)
-        self._member(rid, addr, now)
+        m = self._member(rid, addr, now)
+        raw_name = data[_HDR.size + _JOIN.size:_HDR.size + _JOIN.size + MAX_NAME]
+        m.name = raw_name.decode("utf-8", "replace").strip() or m.name
         i = self.info
         reply = header(Kind.INFO, self.session) + _INFO.pack(
             i.chunks, i.block_size, i.virtual_size, i.disk_sha256)
@@ -310,6 +314,7 @@ class Receiver:
     reask_s: float = 0.4  # re-ask for a chunk no sooner than this after asking
     max_reask_s: float = 2.0
     heartbeat_s: float = 1.0  # well under the sender's silent_s
+    name: str = ""  # this node's name, sent with JOIN (the operator's progress table)
     quiet_s: float = 0.1  # ...and only when none of its blocks arrived this recently
     join_every_s: float = 0.2
     info: Info | None = None
@@ -396,7 +401,8 @@ class Receiver:
         if self.info is None:
             if now - self._last_join >= self.join_every_s:
                 self._last_join = now
-                return [header(Kind.JOIN, self.session) + _JOIN.pack(self.receiver_id)]
+                return [header(Kind.JOIN, self.session) + _JOIN.pack(self.receiver_id)
+                        + self.name.encode()[:MAX_NAME]]
             return []
         if self.complete or self.failed:
             return self._done_packets()

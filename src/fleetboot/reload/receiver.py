@@ -25,6 +25,7 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--sender", required=True, help="sender IP:PORT for requests")
     m.add_argument("--iface-ip", required=True, help="this host's address on the boot network")
     m.add_argument("--session", type=int, required=True, help="the deployment's session id")
+    m.add_argument("--name", default="", help="this node's name (shown in the progress table)")
     h = sub.add_parser("http", help="fetch the records over HTTP with Range requests")
     h.add_argument("--url", required=True, help="URL of the image directory (manifest.json, "
                    "chunks.bin)")
@@ -40,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
 
 async def _multicast(args: argparse.Namespace) -> ReceiveResult:
     sock = receiver_socket(args.group, args.port, args.iface_ip)
-    receiver = Receiver(args.session, random.SystemRandom().getrandbits(32))
+    receiver = Receiver(args.session, random.SystemRandom().getrandbits(32), name=args.name)
     try:
         return await run_receiver(receiver, sock, parse_hostport(args.sender), args.out,
                                   args.verify_disk, args.zero_gaps, args.timeout)

@@ -76,7 +76,7 @@ def image_info(disk: StoredDisk, block_size: int) -> Info:
 
 async def run_sender(sender: Sender, sock: socket.socket, group: tuple[str, int],
                      timeout_s: float | None = None,
-                     on_tick: Callable[[Sender], None] | None = None) -> None:
+                     on_tick: Callable[[Sender], bool | None] | None = None) -> None:
     """Serve until every expected receiver has ended, or ``timeout_s``."""
     loop = asyncio.get_running_loop()
 
@@ -105,7 +105,8 @@ async def run_sender(sender: Sender, sock: socket.socket, group: tuple[str, int]
                     await asyncio.sleep(0.001)  # queue full: the bucket refills meanwhile
             if on_tick is not None and now - last_tick > 0.5:
                 last_tick = now
-                on_tick(sender)
+                if on_tick(sender):  # the operator cancelled
+                    break
             await asyncio.sleep(max(0.0, min(0.01, sender.next_wake(time.monotonic())
                                              - time.monotonic())))
     finally:
