@@ -30,7 +30,7 @@ def test_plan_refuses_unknown_and_busy_nodes_and_cancel_frees_them(db: Database,
     make_disk(tmp_path / "d.raw", mib=3)
     disk, _ = DiskImageStore(tmp_path / "root").add(tmp_path / "d.raw", name="web")
     _nodes(db, "n1", "n2")
-    with db.session() as s, pytest.raises(service.DeployError, match="unknown node.*ghost"):
+    with db.session() as s, pytest.raises(service.DeployError, match=r"unknown node.*ghost"):
         service.plan(s, disk, ["n1", "ghost"], "multicast", 1)
     with db.session() as s:
         assert service.history(s) == []  # all-or-nothing
