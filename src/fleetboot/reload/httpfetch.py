@@ -54,16 +54,17 @@ def fetch_http(url: str, out: str, verify_disk: bool = False, zero_gaps: bool = 
     c.close()
     writer = DiskWriter(out, manifest.virtual_size).open()
     entries = sorted(manifest.chunks, key=lambda e: e.stored_offset)
-    done = 0  # records verified, in file order
+    progress = [0]  # records verified, in file order (kept when a transfer is cut)
     resumes = 0
     try:
-        while done < len(entries) and resumes < MAX_ATTEMPTS \
+        while progress[0] < len(entries) and resumes < MAX_ATTEMPTS \
                 and time.monotonic() - started < timeout_s:
             try:
-                done = _stream(conn, entries, done, writer)
+                _stream(conn, entries, progress, writer)
             except (OSError, http.client.HTTPException):
                 resumes += 1
                 time.sleep(min(2.0, 0.1 * resumes))
+        done = progress[0]
         status = "verified" if done == len(entries) else "timeout"
         sha = None
         if status == "verified":
@@ -78,8 +79,10 @@ def fetch_http(url: str, out: str, verify_disk: bool = False, zero_gaps: bool = 
         writer.close()
 
 
-def _stream(conn: _Conn, entries: list[ChunkEntry], done: int, writer: DiskWriter) -> int:
-    """Read records from ``entries[done]`` on; returns how many are verified in all."""
+def _stream(conn: _Conn, entries: list[ChunkEntry], progress: list[int],
+            writer: DiskWriter) -> None:
+    """Read records from ``entries[progress[0]]`` on, counting each verified one."""
+    done = progress[0]
     start = entries[done].stored_offset
     c, resp = conn.get(RECORDS, start if start else None)
     try:
@@ -99,8 +102,8 @@ def _stream(conn: _Conn, entries: list[ChunkEntry], done: int, writer: DiskWrite
                 if writer.write_record(record) is None:
                     raise OSError(f"chunk {e.header.index} did not verify")
                 done += 1
+                progress[0] = done
                 del buf[:end]
                 pos += end
-        return done
     finally:
         c.close()
