@@ -30,6 +30,7 @@ import hashlib
 import json
 import random
 import resource
+import signal
 import shutil
 import subprocess
 import sys
@@ -173,6 +174,10 @@ def main() -> int:
     ap.add_argument("--peers", nargs="+", default=["fleetboot", "udpcast", "http"])
     ap.add_argument("--timeout", type=float, default=900.0)
     args = ap.parse_args()
+    # Clean up (namespaces, processes) on SIGTERM and on SIGINT even when started in the
+    # background, where a shell makes SIGINT ignored.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     rate = f"{args.cap_mbit * 0.95:.0f}m"  # each sender paces just under the shared cap
     work = Path(tempfile.mkdtemp(prefix="fb-reload-bench-"))
     try:

@@ -98,6 +98,10 @@ async def run_sender(sender: Sender, sock: socket.socket, group: tuple[str, int]
             now = time.monotonic()
             if timeout_s is not None and now - start > timeout_s:
                 break
+            # Read what the receivers said before ``poll`` judges who fell silent: after
+            # this process was descheduled, their requests wait unread in the socket.
+            readable()
+            now = time.monotonic()
             for pkt in sender.poll(now):
                 try:
                     sock.sendto(pkt, group)
