@@ -30,8 +30,8 @@ import hashlib
 import json
 import random
 import resource
-import signal
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
