@@ -121,3 +121,16 @@ def test_any_loss_and_seed_ends_complete(seed: int, loss: float, n: int) -> None
 
 def test_kinds_are_stable() -> None:
     assert [k.value for k in Kind] == [1, 2, 3, 4, 5]
+
+
+def test_the_sender_socket_keeps_the_group_on_the_link() -> None:
+    import socket
+
+    from fleetboot.reload.transport import sender_socket
+
+    sock = sender_socket("127.0.0.1", 0)
+    try:
+        assert sock.getsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL) == 1
+        assert sock.getsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP) == 0
+    finally:
+        sock.close()
