@@ -119,7 +119,7 @@ class Sender:
     info: Info
     rate_bps: float  # bits per second on the wire
     expected: int = 0  # the sender is finished when this many receivers are done
-    silent_s: float = 5.0
+    silent_s: float = 10.0
     resend_guard_s: float = 0.15  # a block sent this recently is in flight, not lost
     # A loaded host wakes the sender late; the bucket holds this many bytes (at
     # least 25 ms at the rate) so a late wake-up sends what is due instead of

@@ -80,8 +80,8 @@ async def run_sender(sender: Sender, sock: socket.socket, group: tuple[str, int]
     """Serve until every expected receiver has ended, or ``timeout_s``."""
     loop = asyncio.get_running_loop()
 
-    def readable() -> None:
-        for _ in range(256):
+    def readable(limit: int = 256) -> None:
+        for _ in range(limit):
             try:
                 data, addr = sock.recvfrom(2048)
             except (BlockingIOError, InterruptedError):
@@ -100,7 +100,7 @@ async def run_sender(sender: Sender, sock: socket.socket, group: tuple[str, int]
                 break
             # Read what the receivers said before ``poll`` judges who fell silent: after
             # this process was descheduled, their requests wait unread in the socket.
-            readable()
+            readable(100_000)  # all of it: an unread request is not silence
             now = time.monotonic()
             for pkt in sender.poll(now):
                 try:
