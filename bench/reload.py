@@ -29,6 +29,7 @@ import contextlib
 import hashlib
 import json
 import random
+import re
 import resource
 import shutil
 import signal
@@ -152,6 +153,18 @@ def children_cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def drops(lab: BridgeLab) -> tuple[int, int]:
+    """(UDP datagrams the receivers' sockets dropped for want of buffer, packets the
+    server link's tbf dropped) so far: where a loss the bench did not ask for happens."""
+    rcvbuf = 0
+    for ns in lab.clients:
+        out = ns.run(["nstat", "-asz", "UdpRcvbufErrors"], check=False).stdout.split()
+        rcvbuf += int(out[out.index("UdpRcvbufErrors") + 1]) if "UdpRcvbufErrors" in out else 0
+    qdisc = lab.server.run(["tc", "-s", "qdisc", "show", "dev", "srv0"], check=False).stdout
+    m = re.search(r"dropped (\d+)", qdisc)
+    return rcvbuf, int(m.group(1)) if m else 0
+
+
 def loadavg() -> list[str]:
     return Path("/proc/loadavg").read_text().split()[:3]
 
@@ -219,10 +232,12 @@ def run_n(args: argparse.Namespace, n: int, disk: StoredDisk, web: Path, work: P
                 fb_s = ratio = udp_s = http_s = float("nan")
                 failed = 0
                 if "fleetboot" in args.peers:
-                    cpu = children_cpu_s()
+                    cpu, (rcv0, tbf0) = children_cpu_s(), drops(lab)
                     fb_s, ratio, failed, _ = run_fleetboot(lab, disk, outs, rate,
                                                            args.block_size, args.timeout)
-                    print(f"  fleetboot CPU {children_cpu_s() - cpu:.1f} s", flush=True)
+                    rcv1, tbf1 = drops(lab)
+                    print(f"  fleetboot CPU {children_cpu_s() - cpu:.1f} s; drops: receiver "
+                          f"buffers {rcv1 - rcv0}, tbf {tbf1 - tbf0}", flush=True)
                     failed = max(failed, check(outs, want))
                 if "udpcast" in args.peers:
                     cpu = children_cpu_s()
