@@ -38,6 +38,7 @@ def main(log: str, out: str) -> None:
         ax.set_xlabel("receivers (N)")
         ax.set_xscale("log", base=2)
         ax.set_xticks(ns, [str(n) for n in ns])
+        ax.set_yscale("log")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("seconds until every receiver is done")
     axes[0].legend()
