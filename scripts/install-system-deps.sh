@@ -17,6 +17,7 @@ PKGS=(
   prometheus chromium chromium-driver
   shim-signed grub-efi-amd64-signed  # the Secure Boot chain (tests/firmware)
   qemu-system-arm qemu-efi-aarch64 grub-common  # ARM64 guests, grub-mkimage (tests/firmware)
+  udpcast zstd syslinux syslinux-common mtools dosfstools iptables
 )
 missing=()
 for p in "${PKGS[@]}"; do

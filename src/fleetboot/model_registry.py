@@ -8,6 +8,7 @@ MODEL_MODULES = (
     "fleetboot.passthrough.models",
     "fleetboot.power.models",
     "fleetboot.vm.models",
+    "fleetboot.reload.models",
     "fleetboot.api.models",
 )
 

@@ -15,6 +15,7 @@ from fleetboot.boot.images import (
     remove_image,
 )
 from fleetboot.cli.common import console, friendly_errors, state, table
+from fleetboot.reload.store import DiskImageStore
 
 app = typer.Typer(help="Kernels, initrds and images: stored by content, never replaced.",
                   no_args_is_help=True)
@@ -70,6 +71,53 @@ def image_list(ctx: typer.Context) -> None:
             added = time.strftime("%Y-%m-%d %H:%M", time.localtime(image.mtime))
             tab.add_row(image.path, _size(image.size), added,
                         ", ".join(referenced_by(s, image)) or "-")
+    console.print(tab)
+    disks = DiskImageStore(state(ctx).settings.boot_root).list()
+    if disks:
+        dtab = table("disk image", "name", "virtual", "stored", "ratio", "chunks")
+        for d in disks:
+            m = d.manifest
+            dtab.add_row(m.image_id, m.name, _size(m.virtual_size), _size(m.stored_size),
+                         f"{m.ratio:.1f}x", str(len(m.chunks)))
+        console.print(dtab)
+
+
+@app.command("add-disk")
+@friendly_errors
+def image_add_disk(
+    ctx: typer.Context,
+    file: Path = typer.Argument(..., help="a raw or qcow2 disk image (any format "
+                                "qemu-img reads)"),
+    name: str | None = typer.Option(None, "--name", help="a name for the image "
+                                    "(default: FILE's name)"),
+) -> None:
+    """Import a disk image as compressed, self-describing chunks for `fleetboot deploy`."""
+    disk, created = DiskImageStore(state(ctx).settings.boot_root).add(file, name)
+    m = disk.manifest
+    verb = "stored" if created else "already stored"
+    console.print(f"{verb} disk image [bold]{m.image_id}[/] ({m.name}): "
+                  f"{_size(m.virtual_size)} virtual, {_size(m.stored_size)} stored "
+                  f"({m.ratio:.1f}x), {len(m.chunks)} chunks")
+
+
+@app.command("show")
+@friendly_errors
+def image_show(
+    ctx: typer.Context,
+    ref: str = typer.Argument(..., help="a disk image id, id prefix or name"),
+) -> None:
+    """Sizes, checksum and chunks of one disk image."""
+    disk = DiskImageStore(state(ctx).settings.boot_root).get(ref)
+    m = disk.manifest
+    tab = table("field", "value")
+    for key, value in (("id", m.image_id), ("name", m.name), ("source format", m.source_format),
+                       ("virtual size", f"{_size(m.virtual_size)} ({m.virtual_size} B)"),
+                       ("data written", _size(m.data_size)),
+                       ("stored", f"{_size(m.stored_size)} ({m.stored_size} B)"),
+                       ("ratio", f"{m.ratio:.2f}x"), ("chunks", str(len(m.chunks))),
+                       ("chunk size", _size(m.chunk_size)), ("disk sha256", m.disk_sha256),
+                       ("path", str(disk.directory))):
+        tab.add_row(key, value)
     console.print(tab)
 
 

@@ -59,6 +59,7 @@ _GROUPS = (
     ("fleetboot.cli.api", "token_app", "token"),
     ("fleetboot.cli.api", "app", None),
     ("fleetboot.cli.check", "app", None),
+    ("fleetboot.cli.deploy", "app", "deploy"),
 )
 
 

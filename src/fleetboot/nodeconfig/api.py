@@ -138,7 +138,8 @@ class NodeConfigApi:
             form = await _form(request)
             state = State(form.get("state", "").strip().upper())
         except ValueError as exc:
-            return _error(400, f"{exc}; send state=UP (or FAILED, RELOADING, OFF, "
+            return _error(400, f"{exc}; send state=UP (or FAILED, RELOADING, DEPLOYING, "
+                               "DEPLOY_FAILED, OFF, "
                                "CONFIGURING, WAITING) and optionally message=...")
         if state not in REPORTABLE:
             return _error(400, f"a node cannot report {state}; it may report "

@@ -8,9 +8,11 @@
                           wait   WAITING                      CONFIGURING ──node: UP──▶ UP
 
 plus RELOADING (the node re-images itself; it says so) and FAILED (it says so,
-or an operator does). What Fleetboot sees (``BootEvent``) is first classified
-into a ``Signal``; ``step`` applies one signal. A firmware signal seen in a
-state after the firmware phase means the machine rebooted: a new boot starts,
+or an operator does), and DEPLOYING / DEPLOY_FAILED (``fleetboot deploy``: the
+deploy agent reports its percent and the failure's reason as the message).
+What Fleetboot sees (``BootEvent``) is first classified into a ``Signal``;
+``step`` applies one signal. A firmware signal seen in a state after the
+firmware phase means the machine rebooted: a new boot starts,
 its number goes up, and the boot's duration is measured from there to UP.
 
 A node that stays in a state past that state's timeout is flagged ``stuck``
@@ -35,6 +37,8 @@ class State(enum.StrEnum):
     WAITING = "WAITING"
     RELOADING = "RELOADING"
     FAILED = "FAILED"
+    DEPLOYING = "DEPLOYING"  # the deploy ramdisk writes an image (percent in the message)
+    DEPLOY_FAILED = "DEPLOY_FAILED"  # a deployment failed (the reason in the message)
 
 
 class Signal(enum.StrEnum):
@@ -53,7 +57,8 @@ class Signal(enum.StrEnum):
 
 # States a node may report about itself (POST /v1/self/state).
 REPORTABLE: frozenset[State] = frozenset(
-    {State.CONFIGURING, State.UP, State.FAILED, State.RELOADING, State.OFF, State.WAITING})
+    {State.CONFIGURING, State.UP, State.FAILED, State.RELOADING, State.OFF, State.WAITING,
+     State.DEPLOYING, State.DEPLOY_FAILED})
 
 # Seconds a node may stay in a state before it is flagged; absent: forever.
 DEFAULT_TIMEOUTS: Mapping[State, float] = {
@@ -61,6 +66,7 @@ DEFAULT_TIMEOUTS: Mapping[State, float] = {
     State.BOOTING: 300.0,
     State.CONFIGURING: 600.0,
     State.RELOADING: 3600.0,
+    State.DEPLOYING: 3600.0,
 }
 
 _FIRMWARE = frozenset({State.PXEBOOTING, State.WAITING})

@@ -1,0 +1,1 @@
+"""Disk reload: chunked compressed images, multicast and HTTP transports, deploys."""
