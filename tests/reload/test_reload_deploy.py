@@ -14,6 +14,7 @@ from fleetboot.inventory import service as inventory
 from fleetboot.inventory.db import Database
 from fleetboot.lab.bridge import BridgeLab
 from fleetboot.lab.netns import have_netns, stop_process
+from fleetboot.power.models import PowerSetting
 from fleetboot.reload import service
 from fleetboot.reload.models import DeployState
 from fleetboot.reload.store import DiskImageStore
@@ -46,6 +47,24 @@ def test_plan_refuses_unknown_and_busy_nodes_and_cancel_frees_them(db: Database,
         hist = {n: (d.state, d.percent, d.reason) for n, d in service.history(s)}
         assert hist == {"n1": ("verified", 100, ""), "n2": ("cancelled", 0, "cancelled")}
         service.plan(s, disk, ["n2"], "http", 9)  # no longer busy
+
+
+def test_plan_refuses_nodes_their_bmc_reports_off(db: Database, tmp_path: Path) -> None:
+    make_disk(tmp_path / "d.raw", mib=3)
+    disk, _ = DiskImageStore(tmp_path / "root").add(tmp_path / "d.raw", name="web")
+    _nodes(db, "n1", "n2", "n3")
+    with db.session() as s:
+        ids = {n.name: n.id for n in inventory.list_nodes(s)}
+        s.add_all([PowerSetting(node_id=ids["n1"], driver="ipmi", address="10.0.0.1",
+                                state="off"),
+                   PowerSetting(node_id=ids["n2"], driver="ipmi", address="10.0.0.2",
+                                state="on")])
+    with db.session() as s, pytest.raises(service.DeployError,
+                                          match=r"powered off.*: n1; .*power on n1"):
+        service.plan(s, disk, ["n1", "n2", "n3"], "multicast", 1)
+    with db.session() as s:
+        assert service.history(s) == []  # all-or-nothing
+        assert len(service.plan(s, disk, ["n2", "n3"], "multicast", 2)) == 2  # on, unknown
 
 
 @pytest.mark.netns

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from fleetboot.errors import FleetbootError
 from fleetboot.inventory.models import Node
+from fleetboot.power.models import power_states
 from fleetboot.reload.models import ACTIVE, Deployment, DeployState, utc_now
 from fleetboot.reload.store import StoredDisk
 
@@ -25,7 +26,8 @@ class DeployError(FleetbootError):
 
 def plan(s: Session, disk: StoredDisk, names: Sequence[str], transport: str,
          session_id: int) -> list[Deployment]:
-    """One pending row per node; refuses unknown nodes and nodes already deploying."""
+    """One pending row per node; refuses unknown nodes, nodes whose BMC last reported
+    them off, and nodes already deploying."""
     if transport not in TRANSPORTS:
         raise DeployError(f"transport {transport!r}: use multicast or http")
     if not names:
@@ -37,6 +39,10 @@ def plan(s: Session, disk: StoredDisk, names: Sequence[str], transport: str,
     if unknown:
         raise DeployError(f"unknown node(s): {', '.join(unknown)}; add them with "
                           "`fleetboot node add` or check `fleetboot node list`")
+    off = [name for name in names if power_states(s).get(nodes[name].id) == "off"]
+    if off:
+        raise DeployError(f"powered off (their BMC last said so): {', '.join(off)}; power "
+                          f"them on first (`fleetboot power on {' '.join(off)}`)")
     busy = s.scalars(select(Deployment).where(
         Deployment.node_id.in_([n.id for n in nodes.values()]),
         Deployment.state.in_([a.value for a in ACTIVE]))).all()
