@@ -20,21 +20,18 @@ back to the loop, which only then sends them.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import fcntl
 import json
 import logging
 import os
-import signal
 import socket
 import struct
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fleetboot.errors import FleetbootError
@@ -48,14 +45,14 @@ from fleetboot.protocols.dhcp.leases import LeaseInfo, LeaseTable
 from fleetboot.protocols.dhcp.options import ip_int, ip_text
 from fleetboot.protocols.dhcp.settings import ArchBoot, DhcpSettings
 from fleetboot.protocols.dhcp.view import DhcpView
+from fleetboot.server import standalone
 from fleetboot.server.dhcp_view import load_view
 from fleetboot.server.dhcpwatch import SiteServerWatch
-from fleetboot.server.events import BootEvent, EventSink
+from fleetboot.server.events import EventSink
 from fleetboot.server.histogram import Histogram
 from fleetboot.server.instance_lock import claim_interfaces, release
 from fleetboot.server.leases import LeaseJournal, load_leases
 from fleetboot.server.metrics import Metrics, RateLimitedLog, registry
-from fleetboot.server.runtime import freeze_startup_objects, tune_gc_for_packets
 
 if TYPE_CHECKING:
     from fleetboot.config import Settings
@@ -505,54 +502,10 @@ def settings_from_json(text: str) -> DhcpSettings:
 
 # --- standalone runner (tests and bench; production uses ``fleetboot serve``) -------------
 
-async def _serve(args: argparse.Namespace) -> None:
-    db = Database(args.db)
-    if args.create_schema:
-        await asyncio.to_thread(db.create_schema)
-    sink: EventSink | None = None
-    if args.events:
-        out = open(args.events, "a", buffering=1)  # noqa: SIM115 - open for the process lifetime
-
-        def sink(event: BootEvent) -> None:
-            out.write(json.dumps({"at": event.at, "kind": event.kind, "mac": event.mac,
-                                  "address": event.address, **event.detail}) + "\n")
-
-    service = DhcpService(settings_from_json(args.settings), db, events=sink)
-    await service.start()
-    freeze_startup_objects()  # as Runtime.start does in `fleetboot serve`: leases stay
-    if args.ready:
-        Path(args.ready).write_text("ready\n")
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(service.reload()))
-    await stop.wait()
-    stats = registry.snapshot()
-    await service.stop()
-    if args.stats:
-        Path(args.stats).write_text(json.dumps(stats, indent=1))
-    db.dispose()
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Run only Fleetboot's DHCP service.")
-    parser.add_argument("--db", required=True, help="SQLAlchemy URL of the inventory")
-    parser.add_argument("--settings", default="", help="DhcpSettings fields as a JSON object")
-    parser.add_argument("--create-schema", action="store_true")
-    parser.add_argument("--ready", help="write this file once the sockets are open")
-    parser.add_argument("--stats", help="write the counters here as JSON on exit")
-    parser.add_argument("--events", help="append every DHCP event here as a JSON line")
-    parser.add_argument("--log-level", default="WARNING")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(message)s")
-    tune_gc_for_packets()
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency
-        asyncio.run(_serve(args))
-    else:
-        uvloop.run(_serve(args))
+    standalone.run(lambda text, db, events: DhcpService(
+        settings_from_json(text), db, events=events),
+                   "DHCP", "DhcpSettings", argv)
 
 
 if __name__ == "__main__":

@@ -18,14 +18,12 @@ per interface sends an RA with the managed flag and the served prefixes every
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import ipaddress
 import json
 import logging
 import random
-import signal
 import socket
 import struct
 import time
@@ -45,12 +43,12 @@ from fleetboot.protocols.dhcp6.engine import Dhcp6Engine, Reply6
 from fleetboot.protocols.dhcp6.ra import is_router_solicitation, router_advertisement
 from fleetboot.protocols.dhcp6.settings import Dhcp6Settings
 from fleetboot.protocols.dhcp6.view import Dhcp6View
+from fleetboot.server import standalone
 from fleetboot.server.dhcp import Pacer
 from fleetboot.server.dhcp6_view import load_view6
-from fleetboot.server.events import BootEvent, EventSink
+from fleetboot.server.events import EventSink
 from fleetboot.server.leases6 import Lease6Journal, load_leases6
 from fleetboot.server.metrics import Metrics, RateLimitedLog, registry
-from fleetboot.server.runtime import freeze_startup_objects, tune_gc_for_packets
 
 if TYPE_CHECKING:
     from fleetboot.config import Settings
@@ -477,54 +475,10 @@ def settings6_from_json(text: str) -> Dhcp6Settings:
 
 # --- standalone runner (tests and bench; production uses ``fleetboot serve``) -------------
 
-async def _serve(args: argparse.Namespace) -> None:
-    db = Database(args.db)
-    if args.create_schema:
-        await asyncio.to_thread(db.create_schema)
-    sink: EventSink | None = None
-    if args.events:
-        out = open(args.events, "a", buffering=1)  # noqa: SIM115 - open for the process lifetime
-
-        def sink(event: BootEvent) -> None:
-            out.write(json.dumps({"at": event.at, "kind": event.kind, "mac": event.mac,
-                                  "address": event.address, **event.detail}) + "\n")
-
-    service = Dhcp6Service(settings6_from_json(args.settings), db, events=sink)
-    await service.start()
-    freeze_startup_objects()
-    if args.ready:
-        Path(args.ready).write_text("ready\n")
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(service.reload()))
-    await stop.wait()
-    stats = registry.snapshot()
-    await service.stop()
-    if args.stats:
-        Path(args.stats).write_text(json.dumps(stats, indent=1))
-    db.dispose()
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Run only Fleetboot's DHCPv6 service.")
-    parser.add_argument("--db", required=True, help="SQLAlchemy URL of the inventory")
-    parser.add_argument("--settings", default="", help="Dhcp6Settings fields as a JSON object")
-    parser.add_argument("--create-schema", action="store_true")
-    parser.add_argument("--ready", help="write this file once the sockets are open")
-    parser.add_argument("--stats", help="write the counters here as JSON on exit")
-    parser.add_argument("--events", help="append every DHCPv6 event here as a JSON line")
-    parser.add_argument("--log-level", default="WARNING")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(message)s")
-    tune_gc_for_packets()
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency
-        asyncio.run(_serve(args))
-    else:
-        uvloop.run(_serve(args))
+    standalone.run(lambda text, db, events: Dhcp6Service(
+        settings6_from_json(text), db, events=events),
+                   "DHCPv6", "Dhcp6Settings", argv)
 
 
 if __name__ == "__main__":
